@@ -1,0 +1,374 @@
+//! `castline`: the command-line front end of the engine.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use castline::capture::{x11, SourceOptions, SourceSpec};
+use castline::encode::{EncoderKind, EncoderSettings, H264Profile};
+use castline::output::OutputSpec;
+use castline::pipeline::stats::StatsSnapshot;
+use castline::pipeline::{Pipeline, PipelineConfig};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "castline", version, about = "Capture a screen or window, encode once, record and stream")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List capture targets.
+    List {
+        #[command(subcommand)]
+        what: ListWhat,
+    },
+    /// Record to an MP4 file (fragmented while recording, finalized on stop).
+    Record {
+        /// Output file (.mp4 or .mov).
+        file: PathBuf,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ListWhat {
+    /// RandR monitors of $DISPLAY.
+    Displays {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Top-level windows of $DISPLAY.
+    Windows {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum StatsMode {
+    Text,
+    Json,
+    Off,
+}
+
+/// Options shared by every command that runs a pipeline.
+#[derive(Args)]
+struct PipelineArgs {
+    /// screen, display:N, window:ID or testsrc.
+    #[arg(long, default_value = "screen", value_parser = parse_source)]
+    source: SourceSpec,
+    /// Frames per second (1–240).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=240))]
+    fps: u32,
+    /// Video bitrate, e.g. 5M, 2500k or 5000000.
+    #[arg(long, default_value = "5M", value_parser = parse_bitrate)]
+    bitrate: u64,
+    /// x264 preset (ultrafast … veryslow).
+    #[arg(long, default_value = "veryfast")]
+    preset: String,
+    /// H.264 profile: baseline, main or high.
+    #[arg(long, default_value = "high", value_parser = parse_profile)]
+    profile: H264Profile,
+    /// Keyframe interval in seconds.
+    #[arg(long, default_value_t = 2.0, value_parser = parse_keyint)]
+    keyint: f64,
+    /// Encoded size WxH (even numbers); default: the source's size.
+    #[arg(long, value_parser = parse_size)]
+    size: Option<(u32, u32)>,
+    /// auto (hardware if it opens, else x264), x264, vaapi, nvenc or qsv.
+    #[arg(long, default_value = "auto", value_parser = parse_encoder)]
+    encoder: EncoderKind,
+    /// Do not draw the mouse cursor.
+    #[arg(long)]
+    no_cursor: bool,
+    /// Stop after this many seconds.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// An extra output fed by the same encode (repeatable).
+    #[arg(short = 'o', long = "output")]
+    outputs: Vec<String>,
+    /// Per-second statistics on stderr: text (progress line), json (one object per line) or off.
+    #[arg(long, value_enum, default_value_t = StatsMode::Text)]
+    stats: StatsMode,
+}
+
+fn parse_source(s: &str) -> Result<SourceSpec, String> {
+    s.parse()
+}
+
+fn parse_profile(s: &str) -> Result<H264Profile, String> {
+    s.parse()
+}
+
+fn parse_encoder(s: &str) -> Result<EncoderKind, String> {
+    s.parse()
+}
+
+fn parse_bitrate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mul) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 1_000.0),
+        Some('m' | 'M') => (&t[..t.len() - 1], 1_000_000.0),
+        _ => (t, 1.0),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid bitrate '{s}' (e.g. 5M, 2500k)"))?;
+    let bps = v * mul;
+    if !(10_000.0..=500_000_000.0).contains(&bps) {
+        return Err(format!("bitrate '{s}' out of range (10k–500M)"));
+    }
+    Ok(bps as u64)
+}
+
+fn parse_keyint(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 60.0 => Ok(v),
+        _ => Err(format!("invalid keyframe interval '{s}' (seconds, 0 < N ≤ 60)")),
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() && v < 1e7 => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!("invalid duration '{s}' (seconds, > 0)")),
+    }
+}
+
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let err = || format!("invalid size '{s}' (expected WxH, e.g. 1280x720)");
+    let (w, h) = s.split_once(['x', 'X']).ok_or_else(err)?;
+    let (w, h): (u32, u32) = (w.parse().map_err(|_| err())?, h.parse().map_err(|_| err())?);
+    if w % 2 != 0 || h % 2 != 0 {
+        return Err(format!("size '{s}': width and height must be even (4:2:0)"));
+    }
+    if !(16..=8192).contains(&w) || !(16..=8192).contains(&h) {
+        return Err(format!("size '{s}' out of range (16–8192)"));
+    }
+    Ok((w, h))
+}
+
+/// A failure: exit code 2 for bad usage, 1 for everything else.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Self {
+            code: 1,
+            message: e.to_string(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    // One line instead of a backtrace, should a bug ever panic.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("castline: internal error: {info}");
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("castline: error: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = std::env::var("CASTLINE_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .compact()
+        .try_init();
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::List { what } => list(what),
+        Command::Record { file, pipeline } => {
+            let primary = file.to_string_lossy().into_owned();
+            run_pipeline(primary, pipeline)
+        }
+    }
+}
+
+fn list(what: ListWhat) -> Result<(), Failure> {
+    match what {
+        ListWhat::Displays { json } => {
+            let mons = x11::list_displays()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&mons)?);
+            } else {
+                for m in mons {
+                    println!(
+                        "{:>3}  {:<12} {}x{}+{}+{}{}",
+                        m.index,
+                        m.name,
+                        m.width,
+                        m.height,
+                        m.x,
+                        m.y,
+                        if m.primary { "  primary" } else { "" }
+                    );
+                }
+            }
+        }
+        ListWhat::Windows { json } => {
+            let wins = x11::list_windows()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&wins)?);
+            } else {
+                for w in wins {
+                    println!(
+                        "{:#010x}  {:>6}  {:<16} {}x{}  {}",
+                        w.id,
+                        w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                        w.process_name.as_deref().unwrap_or("-"),
+                        w.width,
+                        w.height,
+                        w.title
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn usage(message: String) -> Failure {
+    Failure { code: 2, message }
+}
+
+fn run_pipeline(primary: String, a: PipelineArgs) -> Result<(), Failure> {
+    let mut outputs = Vec::new();
+    for o in std::iter::once(&primary).chain(a.outputs.iter()) {
+        outputs.push(o.parse::<OutputSpec>().map_err(|e| usage(e.to_string()))?);
+    }
+    let cfg = PipelineConfig {
+        source: a.source,
+        source_options: SourceOptions {
+            show_cursor: !a.no_cursor,
+            ..SourceOptions::default()
+        },
+        fps: a.fps,
+        size: a.size,
+        encoder: EncoderSettings {
+            kind: a.encoder,
+            bitrate: a.bitrate,
+            preset: a.preset,
+            profile: a.profile,
+            keyint_s: a.keyint,
+        },
+        outputs,
+        duration: a.duration,
+        ..PipelineConfig::default()
+    };
+    let pipeline = Pipeline::start(cfg).map_err(|e| match e {
+        castline::Error::Encode(castline::error::EncodeError::InvalidSetting(m)) => usage(m),
+        e => Failure::from(e),
+    })?;
+    // First Ctrl-C/SIGTERM: graceful stop (files finalized). A second Ctrl-C: exit at once.
+    let stop = pipeline.stop_handle();
+    let hard = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, hard.clone());
+        let _ = signal_hook::flag::register(sig, hard.clone());
+        let _ = signal_hook::flag::register(sig, stop.clone());
+    }
+
+    let tty = std::io::stderr().is_terminal();
+    let mut last = Instant::now();
+    while !pipeline.is_finished() {
+        std::thread::sleep(Duration::from_millis(50));
+        if last.elapsed() >= Duration::from_secs(1) {
+            last = Instant::now();
+            print_stats(a.stats, tty, &pipeline.sample_stats());
+        }
+    }
+    if a.stats == StatsMode::Text && tty {
+        eprintln!();
+    }
+    let interrupted = stop.load(Ordering::SeqCst);
+    let summary = pipeline.wait()?;
+    for o in &summary.outputs {
+        match o {
+            Ok(s) => {
+                println!(
+                    "castline: wrote {} ({} frames, {:.1} s, {:.2} MB{})",
+                    s.name,
+                    s.packets,
+                    s.packets as f64 / summary.stream.fps as f64,
+                    s.bytes as f64 / 1e6,
+                    if interrupted { ", stopped by signal" } else { "" }
+                );
+                if let Some(w) = &s.warning {
+                    eprintln!("castline: warning: {}: {w}", s.name);
+                }
+            }
+            Err(e) => eprintln!("castline: error: {e}"),
+        }
+    }
+    if let Some(Err(e)) = summary.outputs.first() {
+        // The primary output failed while others carried on: the run still failed.
+        return Err(Failure::from(e));
+    }
+    Ok(())
+}
+
+fn print_stats(mode: StatsMode, tty: bool, s: &StatsSnapshot) {
+    let mut err = std::io::stderr().lock();
+    match mode {
+        StatsMode::Off => {}
+        StatsMode::Json => {
+            if let Ok(line) = serde_json::to_string(s) {
+                let _ = writeln!(err, "{line}");
+            }
+        }
+        StatsMode::Text => {
+            let t = s.time_s;
+            let line = format!(
+                "frame={:>6} fps={:>5.1} enc={:>5.1}ms p95={:>5.1}ms bitrate={:>7.1}kbit/s queue={} drop={}/{}/{} time={:02}:{:02}:{:05.2}",
+                s.frames_encoded,
+                s.encoded_fps,
+                s.encode_ms_avg,
+                s.encode_ms_p95,
+                s.bitrate_kbps,
+                s.queues.raw,
+                s.drops.capture,
+                s.drops.encode_queue,
+                s.drops.output,
+                (t / 3600.0) as u64,
+                ((t / 60.0) as u64) % 60,
+                t % 60.0
+            );
+            let _ = if tty {
+                write!(err, "\r{line}")
+            } else {
+                writeln!(err, "{line}")
+            };
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! Video sources. A source is asked for the current picture once per frame tick by the capture
+//! thread (see `pipeline`), and answers with a new BGRA picture or "unchanged" — the pipeline then
+//! repeats the previous frame, which keeps the output at a constant frame rate for almost no cost.
+
+pub mod testsrc;
+pub mod x11;
+pub mod x11_screen;
+pub mod x11_window;
+
+use std::sync::Arc;
+
+use crate::error::CaptureError;
+
+/// Pixel memory a frame points at: heap memory or a shared-memory segment the X server wrote.
+pub trait PixelStore: Send + Sync {
+    fn bytes(&self) -> &[u8];
+}
+
+impl PixelStore for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+/// A captured BGRA picture (byte order B, G, R, A/X; alpha ignored).
+#[derive(Clone)]
+pub struct Picture {
+    pub width: u32,
+    pub height: u32,
+    /// Bytes per row.
+    pub stride: usize,
+    pub pixels: Arc<dyn PixelStore>,
+}
+
+/// A picture stamped on the pipeline clock. Repeated frames share `content_id` and pixels.
+#[derive(Clone)]
+pub struct VideoFrame {
+    pub picture: Picture,
+    /// Capture time on the pipeline clock (µs since start), the frame's presentation time.
+    pub pts_us: i64,
+    pub content_id: u64,
+}
+
+/// Everything a source needs to know about the moment it captures.
+#[derive(Debug, Clone, Copy)]
+pub struct CaptureTime {
+    /// Pipeline clock, µs since start.
+    pub pts_us: i64,
+    /// The same instant as UNIX time in µs.
+    pub wall_us: u64,
+    /// Frame tick index.
+    pub tick: u64,
+}
+
+pub trait VideoSource: Send {
+    /// Human-readable description for logs ("screen :99 1920x1080").
+    fn describe(&self) -> String;
+    /// The size the source currently produces.
+    fn size(&self) -> (u32, u32);
+    /// Capture the current picture; `Ok(None)` when nothing changed since the last picture.
+    fn grab(&mut self, at: CaptureTime) -> Result<Option<Picture>, CaptureError>;
+}
+
+/// Which source to open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSpec {
+    /// The whole X screen of `$DISPLAY`.
+    Screen,
+    /// One RandR monitor by index.
+    Display(usize),
+    /// One window by X id.
+    Window(u32),
+    /// The synthetic test picture.
+    TestSrc,
+}
+
+impl std::str::FromStr for SourceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "screen" => Ok(Self::Screen),
+            "testsrc" => Ok(Self::TestSrc),
+            _ => {
+                if let Some(n) = s.strip_prefix("display:") {
+                    n.parse()
+                        .map(Self::Display)
+                        .map_err(|_| format!("invalid display index '{n}' in '{s}'"))
+                } else if let Some(id) = s.strip_prefix("window:") {
+                    parse_window_id(id)
+                        .map(Self::Window)
+                        .ok_or_else(|| format!("invalid window id '{id}' (decimal or 0x-hex)"))
+                } else {
+                    Err(format!(
+                        "unknown source '{s}' (expected screen, display:N, window:ID or testsrc)"
+                    ))
+                }
+            }
+        }
+    }
+}
+
+fn parse_window_id(s: &str) -> Option<u32> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+/// Options every source understands.
+#[derive(Debug, Clone)]
+pub struct SourceOptions {
+    pub show_cursor: bool,
+    /// Size of the synthetic picture (real sources have their own size).
+    pub testsrc_size: (u32, u32),
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        Self {
+            show_cursor: true,
+            testsrc_size: (1280, 720),
+        }
+    }
+}
+
+/// Open the source named by `spec`.
+pub fn open_source(
+    spec: &SourceSpec,
+    opts: &SourceOptions,
+) -> Result<Box<dyn VideoSource>, CaptureError> {
+    Ok(match spec {
+        SourceSpec::TestSrc => Box::new(testsrc::TestSource::new(
+            opts.testsrc_size.0,
+            opts.testsrc_size.1,
+        )?),
+        SourceSpec::Screen => Box::new(x11_screen::ScreenSource::open(None, opts.show_cursor)?),
+        SourceSpec::Display(i) => {
+            Box::new(x11_screen::ScreenSource::open(Some(*i), opts.show_cursor)?)
+        }
+        SourceSpec::Window(id) => Box::new(x11_window::WindowSource::open(*id, opts.show_cursor)?),
+    })
+}
+
+/// Reuses pixel buffers once no frame in flight points at them any more.
+///
+/// `take` hands out a buffer nobody else holds (so `Arc::get_mut` succeeds on it); after filling
+/// it, `keep` registers it again so it can be reused once the frames using it are gone.
+pub(crate) struct BufferPool<T> {
+    buffers: Vec<Arc<T>>,
+    max: usize,
+}
+
+impl<T> BufferPool<T> {
+    pub fn new(max: usize) -> Self {
+        Self {
+            buffers: Vec::new(),
+            max,
+        }
+    }
+
+    /// A unique buffer: a free one that `fits`, or a new one from `make`.
+    pub fn take(
+        &mut self,
+        fits: impl Fn(&T) -> bool,
+        make: impl FnOnce() -> Result<T, CaptureError>,
+    ) -> Result<Arc<T>, CaptureError> {
+        // Free buffers of a stale size are dropped here.
+        self.buffers.retain(|b| Arc::strong_count(b) > 1 || fits(b));
+        match self.buffers.iter().position(|b| Arc::strong_count(b) == 1) {
+            Some(i) => Ok(self.buffers.swap_remove(i)),
+            None => Ok(Arc::new(make()?)),
+        }
+    }
+
+    pub fn keep(&mut self, b: &Arc<T>) {
+        if self.buffers.len() < self.max {
+            self.buffers.push(b.clone());
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.buffers.clear();
+    }
+}
+
+/// Mutable access to a buffer fresh from [`BufferPool::take`].
+pub(crate) fn unique_mut<T>(b: &mut Arc<T>) -> Result<&mut T, CaptureError> {
+    Arc::get_mut(b).ok_or_else(|| CaptureError::X11("frame buffer still shared".into()))
+}

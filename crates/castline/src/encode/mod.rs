@@ -1,0 +1,193 @@
+//! Video encoders. The encode thread fills the encoder's input planes (see `convert`), then asks
+//! for packets; one encoder feeds every output through shared, reference-counted packets.
+
+mod h264_ffmpeg;
+
+use std::sync::Arc;
+
+use crate::convert::YuvPlanesMut;
+use crate::error::EncodeError;
+
+pub use h264_ffmpeg::FfmpegH264Encoder;
+
+/// One encoded access unit (Annex-B H.264), timestamps on the pipeline clock (µs).
+#[derive(Debug, Clone)]
+pub struct EncodedPacket {
+    pub data: Arc<[u8]>,
+    pub pts_us: i64,
+    pub dts_us: i64,
+    pub duration_us: i64,
+    pub keyframe: bool,
+}
+
+/// What outputs need to know about the encoded video stream.
+#[derive(Debug, Clone)]
+pub struct VideoStreamInfo {
+    /// FFmpeg encoder that produces the stream ("libx264", "h264_vaapi", …).
+    pub encoder_name: String,
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    /// SPS and PPS in Annex-B form.
+    pub extradata: Vec<u8>,
+    pub profile: H264Profile,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum H264Profile {
+    /// Constrained baseline (x264 "baseline"): what every WebRTC peer decodes.
+    Baseline,
+    Main,
+    High,
+}
+
+impl H264Profile {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Baseline => "baseline",
+            Self::Main => "main",
+            Self::High => "high",
+        }
+    }
+}
+
+impl std::str::FromStr for H264Profile {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "baseline" => Ok(Self::Baseline),
+            "main" => Ok(Self::Main),
+            "high" => Ok(Self::High),
+            _ => Err(format!(
+                "unknown profile '{s}' (expected baseline, main or high)"
+            )),
+        }
+    }
+}
+
+/// Which encoder to use. `Auto` probes hardware first and falls back to libx264.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncoderKind {
+    Auto,
+    X264,
+    Vaapi,
+    Nvenc,
+    Qsv,
+}
+
+impl EncoderKind {
+    pub fn ffmpeg_name(self) -> &'static str {
+        match self {
+            Self::Auto | Self::X264 => "libx264",
+            Self::Vaapi => "h264_vaapi",
+            Self::Nvenc => "h264_nvenc",
+            Self::Qsv => "h264_qsv",
+        }
+    }
+}
+
+impl std::str::FromStr for EncoderKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "x264" | "libx264" => Ok(Self::X264),
+            "vaapi" => Ok(Self::Vaapi),
+            "nvenc" => Ok(Self::Nvenc),
+            "qsv" => Ok(Self::Qsv),
+            _ => Err(format!(
+                "unknown encoder '{s}' (expected auto, x264, vaapi, nvenc or qsv)"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EncoderSettings {
+    pub kind: EncoderKind,
+    /// Target bitrate, bit/s (CBR: VBV max rate = bitrate, buffer = 1 s).
+    pub bitrate: u64,
+    /// x264 preset (ultrafast … veryslow); mapped to the nearest for hardware encoders.
+    pub preset: String,
+    pub profile: H264Profile,
+    /// Keyframe interval in seconds.
+    pub keyint_s: f64,
+}
+
+impl Default for EncoderSettings {
+    fn default() -> Self {
+        Self {
+            kind: EncoderKind::Auto,
+            bitrate: 5_000_000,
+            preset: "veryfast".into(),
+            profile: H264Profile::High,
+            keyint_s: 2.0,
+        }
+    }
+}
+
+pub trait VideoEncoder: Send {
+    fn info(&self) -> &VideoStreamInfo;
+    /// The planes to fill with the next picture.
+    fn input(&mut self) -> Result<YuvPlanesMut<'_>, EncodeError>;
+    /// Encode the picture last written into `input()` (or the previous one again).
+    fn encode(
+        &mut self,
+        pts_us: i64,
+        force_keyframe: bool,
+        out: &mut Vec<EncodedPacket>,
+    ) -> Result<(), EncodeError>;
+    /// Drain delayed packets at end of stream.
+    fn flush(&mut self, out: &mut Vec<EncodedPacket>) -> Result<(), EncodeError>;
+}
+
+/// Open the encoder `settings` ask for. With `EncoderKind::Auto`, hardware encoders are tried in
+/// order (VAAPI, NVENC, QSV) and libx264 is the fallback; every skipped candidate is logged with
+/// the reason. An explicitly named hardware encoder that cannot open is an error (no fallback).
+pub fn open_video_encoder(
+    settings: &EncoderSettings,
+    width: u32,
+    height: u32,
+    fps: u32,
+) -> Result<Box<dyn VideoEncoder>, EncodeError> {
+    let candidates: &[EncoderKind] = match settings.kind {
+        EncoderKind::Auto => &[
+            EncoderKind::Vaapi,
+            EncoderKind::Nvenc,
+            EncoderKind::Qsv,
+            EncoderKind::X264,
+        ],
+        k => &[k][..],
+    };
+    let mut last_err = None;
+    for &kind in candidates {
+        match FfmpegH264Encoder::open(kind, settings, width, height, fps) {
+            Ok(enc) => {
+                let reason = if settings.kind == EncoderKind::Auto && kind == EncoderKind::X264 {
+                    "no hardware encoder could open; software fallback"
+                } else if settings.kind == EncoderKind::Auto {
+                    "hardware encoder available"
+                } else {
+                    "requested explicitly"
+                };
+                tracing::info!(
+                    encoder = kind.ffmpeg_name(),
+                    reason,
+                    profile = settings.profile.as_str(),
+                    "encoder_selected"
+                );
+                return Ok(Box::new(enc));
+            }
+            Err(e) => {
+                if settings.kind == EncoderKind::Auto {
+                    tracing::info!(encoder = kind.ffmpeg_name(), reason = %e, "encoder_skipped");
+                }
+                last_err = Some(e);
+            }
+        }
+    }
+    Err(last_err.unwrap_or_else(|| EncodeError::Unavailable {
+        name: "h264".into(),
+        reason: "no candidate encoder".into(),
+    }))
+}

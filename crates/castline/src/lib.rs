@@ -1,0 +1,12 @@
+//! castline: capture a screen or window, encode once, fan out to recordings and live outputs.
+//!
+//! The crate is laid out by pipeline stage; see ARCHITECTURE.md at the repository root.
+
+pub mod capture;
+pub mod convert;
+pub mod encode;
+pub mod error;
+pub mod output;
+pub mod pipeline;
+
+pub use error::{Error, ErrorClass, Result};

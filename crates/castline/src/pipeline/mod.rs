@@ -1,0 +1,473 @@
+//! Wiring: one capture thread, one encode thread (convert + scale + encode), one thread per
+//! output, joined by bounded queues (see `queue`). The caller's thread only samples stats and
+//! decides when to stop.
+//!
+//! Stopping is a cascade: the capture thread ends (stop requested, duration reached or source
+//! failed) and closes the frame queue; the encoder drains it, flushes, and closes every output
+//! queue; each output drains its queue and finishes its file or connection.
+
+pub mod clock;
+pub mod queue;
+pub mod stats;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::capture::{self, CaptureTime, SourceOptions, SourceSpec, VideoFrame, VideoSource};
+use crate::convert::{even_crop, Converter};
+use crate::encode::{self, EncodedPacket, EncoderSettings, VideoEncoder, VideoStreamInfo};
+use crate::error::{Error, Result};
+use crate::output::{self, Output, OutputSpec, OutputSummary};
+use clock::MediaClock;
+use queue::{FrameQueue, PacketQueue, Pop, PushOutcome};
+use stats::{OutputCounters, PipelineCounters, StatsSampler, StatsSnapshot};
+
+/// Everything needed to run one capture → encode → outputs pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub source: SourceSpec,
+    pub source_options: SourceOptions,
+    pub fps: u32,
+    /// Encoded size; default: the source's size, cropped to even.
+    pub size: Option<(u32, u32)>,
+    pub encoder: EncoderSettings,
+    pub outputs: Vec<OutputSpec>,
+    /// Stop by itself after this much media time.
+    pub duration: Option<Duration>,
+    /// Per-output queue budget.
+    pub output_queue_packets: usize,
+    pub output_queue_duration: Duration,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            source: SourceSpec::TestSrc,
+            source_options: SourceOptions::default(),
+            fps: 30,
+            size: None,
+            encoder: EncoderSettings::default(),
+            outputs: Vec::new(),
+            duration: None,
+            output_queue_packets: 600,
+            output_queue_duration: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How a finished run went.
+#[derive(Debug)]
+pub struct RunSummary {
+    pub frames_encoded: u64,
+    pub media_duration: Duration,
+    pub stream: VideoStreamInfo,
+    pub outputs: Vec<std::result::Result<OutputSummary, crate::error::OutputError>>,
+}
+
+/// A running pipeline.
+pub struct Pipeline {
+    clock: MediaClock,
+    stop: Arc<AtomicBool>,
+    keyframe: Arc<AtomicBool>,
+    counters: Arc<PipelineCounters>,
+    raw: FrameQueue<VideoFrame>,
+    outputs: Vec<Arc<OutputCounters>>,
+    sampler: Mutex<StatsSampler>,
+    info: VideoStreamInfo,
+    capture: JoinHandle<std::result::Result<(), Error>>,
+    encode: JoinHandle<std::result::Result<(), Error>>,
+    output_threads:
+        Vec<JoinHandle<std::result::Result<OutputSummary, crate::error::OutputError>>>,
+}
+
+impl Pipeline {
+    /// Open the source, encoder and outputs (any failure is returned here, before a thread
+    /// starts), then start the threads.
+    pub fn start(cfg: PipelineConfig) -> Result<Self> {
+        if cfg.fps == 0 || cfg.fps > 240 {
+            return Err(Error::Config(format!(
+                "frame rate {} out of range 1..=240",
+                cfg.fps
+            )));
+        }
+        if cfg.outputs.is_empty() {
+            return Err(Error::Config("no output given".into()));
+        }
+        let mut source_options = cfg.source_options.clone();
+        if let Some(size) = cfg.size {
+            source_options.testsrc_size = size;
+        }
+        let source = capture::open_source(&cfg.source, &source_options)?;
+        let (sw, sh) = source.size();
+        let (w, h) = cfg.size.unwrap_or_else(|| even_crop(sw, sh));
+        tracing::info!(source = source.describe(), width = w, height = h, fps = cfg.fps, "capture_started");
+        let encoder = encode::open_video_encoder(&cfg.encoder, w, h, cfg.fps)?;
+        let info = encoder.info().clone();
+        let mut outputs = Vec::new();
+        for spec in &cfg.outputs {
+            match output::open_output(spec, &info) {
+                Ok(o) => outputs.push(o),
+                Err(e) => {
+                    // Undo the outputs already created so no empty files remain.
+                    for o in outputs {
+                        let _ = o.finish(false);
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+
+        let clock = MediaClock::new();
+        let stop = Arc::new(AtomicBool::new(false));
+        let keyframe = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(PipelineCounters::default());
+        let raw = FrameQueue::new(2);
+
+        let mut out_counters = Vec::new();
+        let mut output_threads = Vec::new();
+        for out in outputs {
+            let c = Arc::new(OutputCounters {
+                name: out.name(),
+                bytes: Default::default(),
+                packets: Default::default(),
+                queue: PacketQueue::new(cfg.output_queue_packets, cfg.output_queue_duration),
+                failed: AtomicBool::new(false),
+                finished: AtomicBool::new(false),
+            });
+            let c2 = c.clone();
+            output_threads.push(spawn("castline-output", move || run_output(out, &c2))?);
+            out_counters.push(c);
+        }
+
+        let capture = {
+            let (raw, stop, counters) = (raw.clone(), stop.clone(), counters.clone());
+            let (fps, duration) = (cfg.fps, cfg.duration);
+            spawn("castline-capture", move || {
+                run_capture(source, clock, fps, duration, &raw, &stop, &counters)
+            })?
+        };
+        let encode = {
+            let (raw, keyframe, counters, outs, stop) = (
+                raw.clone(),
+                keyframe.clone(),
+                counters.clone(),
+                out_counters.clone(),
+                stop.clone(),
+            );
+            spawn("castline-encode", move || {
+                run_encode(encoder, (w, h), &raw, &keyframe, &counters, &outs, &stop)
+            })?
+        };
+        Ok(Self {
+            clock,
+            stop,
+            keyframe,
+            counters,
+            raw,
+            outputs: out_counters,
+            sampler: Mutex::new(StatsSampler::new()),
+            info,
+            capture,
+            encode,
+            output_threads,
+        })
+    }
+
+    pub fn stream_info(&self) -> &VideoStreamInfo {
+        &self.info
+    }
+
+    /// Ask for a graceful stop: outputs are finalized, `wait` returns Ok.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// A handle that can stop the pipeline from another thread (signal handlers, bindings).
+    pub fn stop_handle(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Make the next encoded frame a keyframe (IDR).
+    pub fn request_keyframe(&self) {
+        tracing::info!(reason = "api", "keyframe_requested");
+        self.keyframe.store(true, Ordering::SeqCst);
+    }
+
+    /// True once every thread has ended.
+    pub fn is_finished(&self) -> bool {
+        self.capture.is_finished()
+            && self.encode.is_finished()
+            && self.output_threads.iter().all(|t| t.is_finished())
+    }
+
+    /// Counters since the previous call.
+    pub fn sample_stats(&self) -> StatsSnapshot {
+        let t = self.clock.now_us() as f64 / 1e6;
+        self.sampler.lock().unwrap_or_else(|p| p.into_inner()).sample(
+            t,
+            &self.counters,
+            self.raw.len(),
+            self.raw.dropped(),
+            &self.outputs,
+        )
+    }
+
+    /// Wait for every thread and report. The first capture or encode error wins; output errors
+    /// are reported per output in the summary (and fail the run when every output failed).
+    pub fn wait(self) -> Result<RunSummary> {
+        let join = |h: JoinHandle<std::result::Result<(), Error>>| {
+            h.join()
+                .unwrap_or_else(|_| Err(Error::Internal("pipeline thread panicked".into())))
+        };
+        let capture = join(self.capture);
+        let encode = join(self.encode);
+        let outputs: Vec<_> = self
+            .output_threads
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(crate::error::OutputError::Write {
+                        path: Default::default(),
+                        reason: "output thread panicked".into(),
+                    })
+                })
+            })
+            .collect();
+        capture?;
+        encode?;
+        if let Some(Err(_)) = outputs.iter().find(|o| o.is_err()) {
+            if outputs.iter().all(|o| o.is_err()) {
+                let first = outputs.into_iter().find_map(|o| o.err());
+                return Err(first.map(Error::from).unwrap_or_else(|| Error::Internal("output failed".into())));
+            }
+        }
+        let frames_encoded = self.counters.frames_encoded.load(Ordering::Relaxed);
+        Ok(RunSummary {
+            frames_encoded,
+            media_duration: Duration::from_micros(
+                frames_encoded * 1_000_000 / self.info.fps.max(1) as u64,
+            ),
+            stream: self.info,
+            outputs,
+        })
+    }
+}
+
+fn spawn<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<JoinHandle<T>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| Error::Internal(format!("cannot start thread {name}: {e}")))
+}
+
+/// Tick at a constant rate; grab when the source has something new, otherwise repeat the last
+/// picture. Frame `n` is stamped `n / fps` on the pipeline clock, so the output is exactly CFR.
+fn run_capture(
+    mut source: Box<dyn VideoSource>,
+    clock: MediaClock,
+    fps: u32,
+    duration: Option<Duration>,
+    raw: &FrameQueue<VideoFrame>,
+    stop: &AtomicBool,
+    counters: &PipelineCounters,
+) -> Result<()> {
+    let pts_of = |tick: u64| (tick as u128 * 1_000_000 / fps as u128) as i64;
+    let end_us = duration.map(|d| d.as_micros() as i64);
+    let mut tick = 0u64;
+    let mut last: Option<VideoFrame> = None;
+    let mut content_id = 0u64;
+    let result = loop {
+        if stop.load(Ordering::SeqCst) {
+            break Ok(());
+        }
+        let pts = pts_of(tick);
+        if end_us.is_some_and(|end| pts >= end) {
+            break Ok(());
+        }
+        let due = clock.instant_at(pts);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let at = CaptureTime {
+            pts_us: pts,
+            wall_us: clock.wall_us(pts),
+            tick,
+        };
+        match source.grab(at) {
+            Ok(Some(picture)) => {
+                content_id += 1;
+                counters.frames_changed.fetch_add(1, Ordering::Relaxed);
+                last = Some(VideoFrame {
+                    picture,
+                    pts_us: pts,
+                    content_id,
+                });
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "capture_failed");
+                break Err(Error::from(e));
+            }
+        }
+        if let Some(f) = &mut last {
+            f.pts_us = pts;
+            if raw.push(f.clone()) {
+                tracing::debug!("frame_dropped_before_encode");
+            }
+            counters.frames_captured.fetch_add(1, Ordering::Relaxed);
+        }
+        tick += 1;
+        // When a grab overran the frame interval, skip the ticks already past instead of bursting.
+        let now_us = clock.now_us();
+        while pts_of(tick + 1) <= now_us {
+            tick += 1;
+            counters.capture_late.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    if tick == 0 || last.is_none() {
+        tracing::warn!("capture ended before the first frame");
+    }
+    raw.close();
+    result
+}
+
+fn run_encode(
+    mut encoder: Box<dyn VideoEncoder>,
+    size: (u32, u32),
+    raw: &FrameQueue<VideoFrame>,
+    keyframe: &AtomicBool,
+    counters: &PipelineCounters,
+    outputs: &[Arc<OutputCounters>],
+    stop: &AtomicBool,
+) -> Result<()> {
+    let mut converter = Converter::new(size.0, size.1);
+    let mut packets: Vec<EncodedPacket> = Vec::with_capacity(4);
+    let mut converted: Option<u64> = None;
+    let mut first = true;
+    let result = (|| -> Result<()> {
+        loop {
+            let frame = match raw.pop_timeout(Duration::from_millis(200)) {
+                Pop::Item(f) => f,
+                Pop::Empty => continue,
+                Pop::Closed => break,
+            };
+            let t0 = Instant::now();
+            // A repeated frame needs no conversion: the encoder's input still holds it.
+            if converted != Some(frame.content_id) {
+                converter.convert(&frame.picture, encoder.input()?)?;
+                converted = Some(frame.content_id);
+            }
+            let force = keyframe.swap(false, Ordering::SeqCst);
+            encoder.encode(frame.pts_us, force, &mut packets)?;
+            let us = t0.elapsed().as_micros().min(u32::MAX as u128) as u32;
+            counters
+                .encode_us
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(us);
+            counters.frames_encoded.fetch_add(1, Ordering::Relaxed);
+            if first && !packets.is_empty() {
+                first = false;
+                tracing::info!(encode_ms = us as f64 / 1000.0, "first_frame_encoded");
+            }
+            fan_out(&mut packets, counters, outputs, keyframe);
+            if outputs.iter().all(|o| o.failed.load(Ordering::Relaxed)) {
+                stop.store(true, Ordering::SeqCst);
+            }
+        }
+        encoder.flush(&mut packets)?;
+        fan_out(&mut packets, counters, outputs, keyframe);
+        Ok(())
+    })();
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "fatal");
+        // Let capture stop too; outputs still finalize what they have.
+        stop.store(true, Ordering::SeqCst);
+        raw.close();
+    }
+    for o in outputs {
+        o.queue.close();
+    }
+    result
+}
+
+/// One encode feeds every output: packets are shared, not copied.
+fn fan_out(
+    packets: &mut Vec<EncodedPacket>,
+    counters: &PipelineCounters,
+    outputs: &[Arc<OutputCounters>],
+    keyframe: &AtomicBool,
+) {
+    for p in packets.drain(..) {
+        counters
+            .encoded_bytes
+            .fetch_add(p.data.len() as u64, Ordering::Relaxed);
+        if p.keyframe {
+            counters.keyframes.fetch_add(1, Ordering::Relaxed);
+        }
+        let p = Arc::new(p);
+        for o in outputs {
+            if o.failed.load(Ordering::Relaxed) {
+                continue;
+            }
+            match o.queue.push(p.clone()) {
+                PushOutcome::Dropped {
+                    want_keyframe: true,
+                } => {
+                    tracing::warn!(output = %o.name, reason = "output_queue_full", "keyframe_requested");
+                    keyframe.store(true, Ordering::SeqCst);
+                }
+                PushOutcome::Flushed { discarded } => {
+                    tracing::warn!(output = %o.name, discarded, "output_backlog_discarded");
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn run_output(
+    mut out: Box<dyn Output>,
+    c: &OutputCounters,
+) -> std::result::Result<OutputSummary, crate::error::OutputError> {
+    let mut first = true;
+    let mut failure = None;
+    loop {
+        match c.queue.pop_timeout(Duration::from_millis(200)) {
+            Pop::Item(p) => {
+                if let Err(e) = out.write(&p) {
+                    tracing::error!(output = %c.name, error = %e, class = ?e.class(), "output_failed");
+                    c.failed.store(true, Ordering::SeqCst);
+                    failure = Some(e);
+                    break;
+                }
+                if first {
+                    first = false;
+                    tracing::info!(output = %c.name, "output_connected");
+                }
+                c.bytes.fetch_add(p.data.len() as u64, Ordering::Relaxed);
+                c.packets.fetch_add(1, Ordering::Relaxed);
+            }
+            Pop::Empty => continue,
+            Pop::Closed => break,
+        }
+    }
+    let clean = failure.is_none();
+    let finished = out.finish(clean);
+    c.finished.store(true, Ordering::SeqCst);
+    match (failure, finished) {
+        (Some(e), _) => Err(e),
+        (None, r) => {
+            if r.is_err() {
+                c.failed.store(true, Ordering::SeqCst);
+            }
+            r
+        }
+    }
+}
