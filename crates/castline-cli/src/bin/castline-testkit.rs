@@ -1,0 +1,211 @@
+//! Test fixture for castline's integration tests and benchmark (not part of the product).
+//!
+//! * `content [--fps N] [--frames N] [--static]`: a full-screen window showing pre-rendered
+//!   frames of textured content scrolling diagonally, blitted with XCopyArea at N Hz (≈1% CPU,
+//!   so it does not skew measurements). `--static` paints once and never changes.
+//! * `window --title T --size WxH --color RRGGBB [--at X,Y] [--resize-after S --resize-to WxH]`:
+//!   a window filled with one colour and a white cross, with _NET_WM_PID and a title; prints its id
+//!   (hex) on stdout once mapped.
+//!
+//! Both run until killed.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use x11rb::connection::Connection;
+use x11rb::protocol::xproto::*;
+use x11rb::wrapper::ConnectionExt as _;
+use x11rb::COPY_DEPTH_FROM_PARENT;
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.as_str())
+}
+
+fn size(s: &str) -> Res<(u16, u16)> {
+    let (w, h) = s.split_once('x').ok_or("size WxH")?;
+    Ok((w.parse()?, h.parse()?))
+}
+
+fn main() -> Res<()> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(|s| s.as_str()) {
+        Some("content") => content(&args),
+        Some("window") => window(&args),
+        _ => Err("usage: castline-testkit content|window [options]".into()),
+    }
+}
+
+fn create_window(
+    conn: &impl Connection,
+    screen: &Screen,
+    (x, y, w, h): (i16, i16, u16, u16),
+    override_redirect: bool,
+) -> Res<Window> {
+    let win = conn.generate_id()?;
+    conn.create_window(
+        COPY_DEPTH_FROM_PARENT,
+        win,
+        screen.root,
+        x,
+        y,
+        w,
+        h,
+        0,
+        WindowClass::INPUT_OUTPUT,
+        0,
+        &CreateWindowAux::new()
+            .background_pixel(screen.black_pixel)
+            .override_redirect(u32::from(override_redirect))
+            .event_mask(EventMask::EXPOSURE | EventMask::STRUCTURE_NOTIFY),
+    )?;
+    Ok(win)
+}
+
+/// Upload a BGRA buffer into a new pixmap, in bands small enough for one request each.
+fn upload(conn: &impl Connection, screen: &Screen, gc: Gcontext, w: u16, h: u16, px: &[u8]) -> Res<Pixmap> {
+    let pm = conn.generate_id()?;
+    conn.create_pixmap(screen.root_depth, pm, screen.root, w, h)?;
+    let rows_per_band = (1 << 20) / (w as usize * 4);
+    for y0 in (0..h as usize).step_by(rows_per_band.max(1)) {
+        let rows = rows_per_band.min(h as usize - y0);
+        let band = &px[y0 * w as usize * 4..(y0 + rows) * w as usize * 4];
+        conn.put_image(ImageFormat::Z_PIXMAP, pm, gc, w, rows as u16, 0, y0 as i16, 0, screen.root_depth, band)?;
+    }
+    Ok(pm)
+}
+
+fn content(args: &[String]) -> Res<()> {
+    let fps: u64 = arg(args, "--fps").unwrap_or("60").parse()?;
+    let frames: usize = arg(args, "--frames").unwrap_or("30").parse()?;
+    let still = args.iter().any(|a| a == "--static");
+    let (conn, n) = x11rb::connect(None)?;
+    let screen = conn.setup().roots[n].clone();
+    let (w, h) = (screen.width_in_pixels, screen.height_in_pixels);
+    let win = create_window(&conn, &screen, (0, 0, w, h), true)?;
+    let gc = conn.generate_id()?;
+    conn.create_gc(gc, win, &CreateGCAux::new().graphics_exposures(0))?;
+    // A texture of 16×16 tiles with hashed colours plus gradients: compressible but never flat,
+    // so the encoder has real work on every frame.
+    let tex = |x: usize, y: usize| -> [u8; 4] {
+        let tile = ((x / 16) as u32).wrapping_mul(2_654_435_761) ^ ((y / 16) as u32).wrapping_mul(40_503);
+        let t = tile.wrapping_mul(0x9E37_79B9) >> 8;
+        [
+            (t as u8) / 2 + (x % 256) as u8 / 2,
+            ((t >> 8) as u8) / 2 + (y % 256) as u8 / 2,
+            ((t >> 16) as u8) / 2 + ((x + y) % 256) as u8 / 2,
+            255,
+        ]
+    };
+    let frames = if still { 1 } else { frames.max(1) };
+    let mut pixmaps = Vec::new();
+    let mut px = vec![0u8; w as usize * h as usize * 4];
+    for f in 0..frames {
+        let shift = f * 8;
+        for y in 0..h as usize {
+            for x in 0..w as usize {
+                let i = (y * w as usize + x) * 4;
+                px[i..i + 4].copy_from_slice(&tex(x + shift, y + shift / 2));
+            }
+        }
+        pixmaps.push(upload(&conn, &screen, gc, w, h, &px)?);
+    }
+    conn.map_window(win)?;
+    conn.flush()?;
+    let period = Duration::from_nanos(1_000_000_000 / fps.max(1));
+    let start = Instant::now();
+    let mut i = 0u64;
+    loop {
+        conn.copy_area(pixmaps[i as usize % pixmaps.len()], win, gc, 0, 0, 0, 0, w, h)?;
+        conn.sync()?;
+        while conn.poll_for_event()?.is_some() {}
+        if still {
+            std::thread::sleep(Duration::from_millis(200));
+            // Repaint only on Expose; nothing changes otherwise.
+            let ev = conn.wait_for_event()?;
+            if !matches!(ev, x11rb::protocol::Event::Expose(_)) {
+                continue;
+            }
+            continue;
+        }
+        i += 1;
+        let due = start + period * i as u32;
+        if let Some(d) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+    }
+}
+
+fn window(args: &[String]) -> Res<()> {
+    let title = arg(args, "--title").unwrap_or("castline-test");
+    let (w, h) = size(arg(args, "--size").unwrap_or("320x240"))?;
+    let color = u32::from_str_radix(arg(args, "--color").unwrap_or("ff0000"), 16)?;
+    let (x, y) = match arg(args, "--at") {
+        Some(s) => {
+            let (a, b) = s.split_once(',').ok_or("--at X,Y")?;
+            (a.parse()?, b.parse()?)
+        }
+        None => (100i16, 100i16),
+    };
+    let resize_after: Option<f64> = arg(args, "--resize-after").map(|s| s.parse()).transpose()?;
+    let resize_to = arg(args, "--resize-to").map(size).transpose()?;
+    let (conn, n) = x11rb::connect(None)?;
+    let screen = conn.setup().roots[n].clone();
+    let win = create_window(&conn, &screen, (x, y, w, h), false)?;
+    let name = title.as_bytes();
+    conn.change_property8(PropMode::REPLACE, win, AtomEnum::WM_NAME, AtomEnum::STRING, name)?;
+    let utf8 = conn.intern_atom(false, b"UTF8_STRING")?.reply()?.atom;
+    let net_name = conn.intern_atom(false, b"_NET_WM_NAME")?.reply()?.atom;
+    conn.change_property8(PropMode::REPLACE, win, net_name, utf8, name)?;
+    let net_pid = conn.intern_atom(false, b"_NET_WM_PID")?.reply()?.atom;
+    conn.change_property32(PropMode::REPLACE, win, net_pid, AtomEnum::CARDINAL, &[std::process::id()])?;
+    let gc = conn.generate_id()?;
+    conn.create_gc(gc, win, &CreateGCAux::new().foreground(color).graphics_exposures(0))?;
+    let white = conn.generate_id()?;
+    conn.create_gc(white, win, &CreateGCAux::new().foreground(screen.white_pixel))?;
+    conn.map_window(win)?;
+    conn.sync()?;
+    let mut size_now = (w, h);
+    let paint = |(w, h): (u16, u16)| -> Res<()> {
+        conn.poly_fill_rectangle(win, gc, &[Rectangle { x: 0, y: 0, width: w, height: h }])?;
+        conn.poly_fill_rectangle(
+            win,
+            white,
+            &[
+                Rectangle { x: 0, y: (h / 2) as i16 - 2, width: w, height: 4 },
+                Rectangle { x: (w / 2) as i16 - 2, y: 0, width: 4, height: h },
+            ],
+        )?;
+        conn.flush()?;
+        Ok(())
+    };
+    paint(size_now)?;
+    println!("{win:#x}");
+    std::io::stdout().flush()?;
+    let start = Instant::now();
+    let mut resized = false;
+    loop {
+        while let Some(ev) = conn.poll_for_event()? {
+            match ev {
+                x11rb::protocol::Event::Expose(_) => paint(size_now)?,
+                x11rb::protocol::Event::ConfigureNotify(e) => {
+                    size_now = (e.width, e.height);
+                    paint(size_now)?;
+                }
+                _ => {}
+            }
+        }
+        if let (Some(after), Some((rw, rh)), false) = (resize_after, resize_to, resized) {
+            if start.elapsed().as_secs_f64() >= after {
+                conn.configure_window(win, &ConfigureWindowAux::new().width(rw as u32).height(rh as u32))?;
+                conn.flush()?;
+                resized = true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,244 @@
+//! Test harness: starts real parts (Xvfb, the testkit content/windows) and reads results back
+//! with ffprobe/ffmpeg. Every child process is killed on drop.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const CASTLINE: &str = env!("CARGO_BIN_EXE_castline");
+pub const TESTKIT: &str = env!("CARGO_BIN_EXE_castline-testkit");
+
+/// A child process killed when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A private Xvfb display.
+pub struct Xvfb {
+    pub display: String,
+    _proc: Proc,
+}
+
+static NEXT_DISPLAY: AtomicU32 = AtomicU32::new(0);
+
+impl Xvfb {
+    pub fn start(width: u32, height: u32) -> Xvfb {
+        let base = 200 + (std::process::id() % 400) * 8;
+        for _ in 0..40 {
+            let n = base + NEXT_DISPLAY.fetch_add(1, Ordering::SeqCst);
+            if Path::new(&format!("/tmp/.X{n}-lock")).exists() {
+                continue;
+            }
+            let mut child = Command::new("Xvfb")
+                .args([
+                    &format!(":{n}"),
+                    "-screen",
+                    "0",
+                    &format!("{width}x{height}x24"),
+                    "-nolisten",
+                    "tcp",
+                    "-noreset",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("Xvfb is installed (apt-get install xvfb)");
+            let sock = format!("/tmp/.X11-unix/X{n}");
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(10) {
+                if Path::new(&sock).exists() {
+                    std::thread::sleep(Duration::from_millis(100));
+                    return Xvfb {
+                        display: format!(":{n}"),
+                        _proc: Proc(child),
+                    };
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("could not start Xvfb");
+    }
+
+    /// Full-screen moving content at `fps`.
+    pub fn moving_content(&self, fps: u32) -> Proc {
+        let p = Command::new(TESTKIT)
+            .args(["content", "--fps", &fps.to_string()])
+            .env("DISPLAY", &self.display)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        Proc(p)
+    }
+
+    /// A test window; returns the process and the window id.
+    pub fn window(&self, extra: &[&str]) -> (Proc, u32) {
+        let mut p = Command::new(TESTKIT)
+            .arg("window")
+            .args(extra)
+            .env("DISPLAY", &self.display)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(p.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let id = u32::from_str_radix(line.trim().trim_start_matches("0x"), 16).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        (Proc(p), id)
+    }
+
+    pub fn castline(&self) -> Command {
+        let mut c = Command::new(CASTLINE);
+        c.env("DISPLAY", &self.display);
+        c
+    }
+}
+
+/// castline without a display.
+pub fn castline() -> Command {
+    let mut c = Command::new(CASTLINE);
+    c.env_remove("DISPLAY");
+    c
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("castline runs");
+    eprintln!(
+        "--- {:?}\nstatus {:?}\nstdout:\n{}\nstderr:\n{}",
+        cmd,
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A fresh directory under the target dir.
+pub fn tmpdir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// ffprobe's view of the first video stream and the format, with decoded frame count.
+pub struct Probe {
+    pub codec: String,
+    pub profile: String,
+    pub pix_fmt: String,
+    pub width: u64,
+    pub height: u64,
+    pub frames: u64,
+    pub duration: f64,
+    pub color_space: String,
+    pub color_range: String,
+}
+
+pub fn probe(path: &Path) -> Probe {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0", "-print_format", "json", "-show_streams", "-show_format"])
+        .arg(path)
+        .output()
+        .expect("ffprobe is installed");
+    assert!(out.status.success(), "ffprobe failed on {path:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = &v["streams"][0];
+    let str_of = |x: &serde_json::Value| x.as_str().unwrap_or("").to_string();
+    Probe {
+        codec: str_of(&s["codec_name"]),
+        profile: str_of(&s["profile"]),
+        pix_fmt: str_of(&s["pix_fmt"]),
+        width: s["width"].as_u64().unwrap_or(0),
+        height: s["height"].as_u64().unwrap_or(0),
+        frames: str_of(&s["nb_read_frames"]).parse().unwrap_or(0),
+        duration: str_of(&v["format"]["duration"]).parse().unwrap_or(0.0),
+        color_space: str_of(&s["color_space"]),
+        color_range: str_of(&s["color_range"]),
+    }
+}
+
+/// Decode every frame to raw pixels (`pix_fmt` gray or rgb24), with ffmpeg's stderr.
+pub fn decode(path: &Path, pix_fmt: &str) -> (Vec<u8>, String) {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-f", "rawvideo", "-pix_fmt", pix_fmt, "-"])
+        .output()
+        .unwrap();
+    (out.stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Number of distinct decoded pictures.
+pub fn distinct_frames(path: &Path) -> usize {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-f", "framemd5", "-"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hashes: std::collections::HashSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(',').next())
+        .map(|h| h.trim())
+        .collect();
+    hashes.len()
+}
+
+/// Top-level MP4 box types in order.
+pub fn mp4_boxes(path: &Path) -> Vec<String> {
+    let data = std::fs::read(path).unwrap();
+    let mut out = Vec::new();
+    let mut i = 0usize;
+    while i + 8 <= data.len() {
+        let mut size = u32::from_be_bytes(data[i..i + 4].try_into().unwrap()) as u64;
+        let kind = String::from_utf8_lossy(&data[i + 4..i + 8]).into_owned();
+        if size == 1 && i + 16 <= data.len() {
+            size = u64::from_be_bytes(data[i + 8..i + 16].try_into().unwrap());
+        }
+        out.push(kind);
+        if size < 8 {
+            break;
+        }
+        i += size as usize;
+    }
+    out
+}
+
+pub fn wait_for_file(path: &Path, min_len: u64, timeout: Duration) {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if std::fs::metadata(path).map(|m| m.len() >= min_len).unwrap_or(false) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{path:?} did not reach {min_len} bytes");
+}
+
+pub fn kill(child: &Child, sig: i32) {
+    // SAFETY: plain kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
