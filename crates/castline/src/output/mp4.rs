@@ -106,8 +106,12 @@ impl Mp4Output {
         opts.set("movflags", "frag_keyframe+empty_moov+default_base_moof");
         opts.set("frag_duration", "1000000");
         opts.set("flush_packets", "1");
-        octx.write_header_with(opts)
-            .map_err(|e| unwritable(e.to_string()))?;
+        octx.write_header_with(opts).map_err(|e| match e {
+            ff::Error::Other { errno } if errno == libc::ENOSPC => OutputError::DiskFull {
+                path: path.to_path_buf(),
+            },
+            e => unwritable(e.to_string()),
+        })?;
         let time_base = octx
             .stream(0)
             .map(|s| s.time_base())
