@@ -15,7 +15,11 @@ use castline::pipeline::{Pipeline, PipelineConfig};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "castline", version, about = "Capture a screen or window, encode once, record and stream")]
+#[command(
+    name = "castline",
+    version,
+    about = "Capture a screen or window, encode once, record and stream"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -131,7 +135,9 @@ fn parse_bitrate(s: &str) -> Result<u64, String> {
 fn parse_keyint(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v <= 60.0 => Ok(v),
-        _ => Err(format!("invalid keyframe interval '{s}' (seconds, 0 < N ≤ 60)")),
+        _ => Err(format!(
+            "invalid keyframe interval '{s}' (seconds, 0 < N ≤ 60)"
+        )),
     }
 }
 
@@ -146,7 +152,7 @@ fn parse_size(s: &str) -> Result<(u32, u32), String> {
     let err = || format!("invalid size '{s}' (expected WxH, e.g. 1280x720)");
     let (w, h) = s.split_once(['x', 'X']).ok_or_else(err)?;
     let (w, h): (u32, u32) = (w.parse().map_err(|_| err())?, h.parse().map_err(|_| err())?);
-    if w % 2 != 0 || h % 2 != 0 {
+    if !w.is_multiple_of(2) || !h.is_multiple_of(2) {
         return Err(format!("size '{s}': width and height must be even (4:2:0)"));
     }
     if !(16..=8192).contains(&w) || !(16..=8192).contains(&h) {
@@ -322,7 +328,11 @@ fn run_pipeline(primary: String, a: PipelineArgs) -> Result<(), Failure> {
                     s.packets,
                     s.packets as f64 / summary.stream.fps as f64,
                     s.bytes as f64 / 1e6,
-                    if interrupted { ", stopped by signal" } else { "" }
+                    if interrupted {
+                        ", stopped by signal"
+                    } else {
+                        ""
+                    }
                 );
                 if let Some(w) = &s.warning {
                     eprintln!("castline: warning: {}: {w}", s.name);

@@ -11,14 +11,20 @@ fn assert_clean_failure(out: &std::process::Output, code: i32, needle: &str) {
     let err = stderr(out);
     assert_eq!(out.status.code(), Some(code), "{err}");
     assert!(err.contains(needle), "expected '{needle}' in: {err}");
-    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "{err}"
+    );
 }
 
 #[test]
 fn no_display_is_reported_and_leaves_no_file() {
     let dir = tmpdir("nodisplay");
     let file = dir.join("x.mp4");
-    let out = run(castline().arg("record").arg(&file).args(["--duration", "1"]));
+    let out = run(castline()
+        .arg("record")
+        .arg(&file)
+        .args(["--duration", "1"]));
     assert_clean_failure(&out, 1, "no X display: $DISPLAY is not set");
     assert!(!file.exists());
     let out = run(castline().args(["list", "windows"]));
@@ -29,7 +35,11 @@ fn no_display_is_reported_and_leaves_no_file() {
 fn unreachable_display_is_named() {
     let dir = tmpdir("baddisplay");
     let file = dir.join("x.mp4");
-    let out = run(castline().env("DISPLAY", ":987").arg("record").arg(&file).args(["--duration", "1"]));
+    let out = run(castline()
+        .env("DISPLAY", ":987")
+        .arg("record")
+        .arg(&file)
+        .args(["--duration", "1"]));
     assert_clean_failure(&out, 1, "cannot connect to X display ':987'");
     assert!(!file.exists());
 }
@@ -39,28 +49,60 @@ fn unknown_display_and_window_are_named() {
     let x = Xvfb::start(640, 480);
     let dir = tmpdir("unknown");
     let file = dir.join("x.mp4");
-    let out = run(x.castline().arg("record").arg(&file).args(["--source", "display:7", "--duration", "1"]));
+    let out = run(x.castline().arg("record").arg(&file).args([
+        "--source",
+        "display:7",
+        "--duration",
+        "1",
+    ]));
     assert_clean_failure(&out, 1, "unknown display 7");
-    let out = run(x.castline().arg("record").arg(&file).args(["--source", "window:0x7777777", "--duration", "1"]));
+    let out = run(x.castline().arg("record").arg(&file).args([
+        "--source",
+        "window:0x7777777",
+        "--duration",
+        "1",
+    ]));
     assert_clean_failure(&out, 1, "unknown window 0x7777777");
     assert!(!file.exists());
 }
 
 #[test]
 fn unwritable_paths_are_named() {
-    let out = run(castline()
-        .args(["record", "/nonexistent-dir/sub/x.mp4", "--source", "testsrc", "--duration", "1"]));
+    let out = run(castline().args([
+        "record",
+        "/nonexistent-dir/sub/x.mp4",
+        "--source",
+        "testsrc",
+        "--duration",
+        "1",
+    ]));
     assert_clean_failure(&out, 1, "directory '/nonexistent-dir/sub' does not exist");
     let dir = tmpdir("unwritable");
-    let out = run(castline().arg("record").arg(dir.join("x.mp4/")).args(["--source", "testsrc", "--duration", "1"]));
+    let out = run(castline().arg("record").arg(dir.join("x.mp4/")).args([
+        "--source",
+        "testsrc",
+        "--duration",
+        "1",
+    ]));
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     // A directory where the file should go.
     let d = dir.join("taken.mp4");
     std::fs::create_dir_all(&d).unwrap();
-    let out = run(castline().arg("record").arg(&d).args(["--source", "testsrc", "--duration", "1"]));
+    let out =
+        run(castline()
+            .arg("record")
+            .arg(&d)
+            .args(["--source", "testsrc", "--duration", "1"]));
     assert_clean_failure(&out, 1, "it is a directory");
     // A place nobody can create files in, even root.
-    let out = run(castline().args(["record", "/proc/castline.mp4", "--source", "testsrc", "--duration", "1"]));
+    let out = run(castline().args([
+        "record",
+        "/proc/castline.mp4",
+        "--source",
+        "testsrc",
+        "--duration",
+        "1",
+    ]));
     assert_clean_failure(&out, 1, "cannot write '/proc/castline.mp4'");
 }
 
@@ -76,7 +118,14 @@ fn disk_full_at_start_is_reported_and_leaves_nothing() {
         .arg(&other)
         .arg("-o")
         .arg(&full)
-        .args(["--source", "testsrc", "--size", "320x240", "--duration", "1"]));
+        .args([
+            "--source",
+            "testsrc",
+            "--size",
+            "320x240",
+            "--duration",
+            "1",
+        ]));
     assert_clean_failure(&out, 1, "disk full while writing");
     assert!(!other.exists(), "the run never started: no file may remain");
 }
@@ -113,7 +162,18 @@ fn disk_full_mid_recording_keeps_the_file_playable_and_other_outputs_running() {
         .arg(&full)
         .arg("-o")
         .arg(&good)
-        .args(["--source", "testsrc", "--size", "640x360", "--bitrate", "2M", "--duration", "4", "--stats", "off"]));
+        .args([
+            "--source",
+            "testsrc",
+            "--size",
+            "640x360",
+            "--bitrate",
+            "2M",
+            "--duration",
+            "4",
+            "--stats",
+            "off",
+        ]));
     // The primary output failed: exit 1 with the cause, after the run completed.
     assert_clean_failure(&out, 1, "disk full while writing");
     // The other output recorded everything.

@@ -17,21 +17,33 @@ fn screen_recording_has_asked_size_rate_duration_and_moving_frames() {
     let _content = x.moving_content(30);
     let dir = tmpdir("screen");
     let file = dir.join("screen.mp4");
-    let out = run(x
-        .castline()
-        .arg("record")
-        .arg(&file)
-        .args(["--fps", "30", "--duration", "4", "--size", "960x540", "--stats", "off"]));
+    let out = run(x.castline().arg("record").arg(&file).args([
+        "--fps",
+        "30",
+        "--duration",
+        "4",
+        "--size",
+        "960x540",
+        "--stats",
+        "off",
+    ]));
     assert!(out.status.success());
     let p = probe(&file);
     assert_eq!((p.codec.as_str(), p.pix_fmt.as_str()), ("h264", "yuv420p"));
     assert_eq!((p.width, p.height), (960, 540));
-    assert_eq!((p.color_space.as_str(), p.color_range.as_str()), ("bt709", "tv"));
+    assert_eq!(
+        (p.color_space.as_str(), p.color_range.as_str()),
+        ("bt709", "tv")
+    );
     assert!(within(p.frames as f64, 120.0, 0.05), "frames {}", p.frames);
     assert!(within(p.duration, 4.0, 0.05), "duration {}", p.duration);
     // The content scrolls every frame: nearly every recorded frame must differ.
     let distinct = distinct_frames(&file);
-    assert!(distinct as f64 >= p.frames as f64 * 0.8, "only {distinct} distinct of {}", p.frames);
+    assert!(
+        distinct as f64 >= p.frames as f64 * 0.8,
+        "only {distinct} distinct of {}",
+        p.frames
+    );
     // A clean stop leaves a standard MP4: moov before the media, no fragments.
     let boxes = mp4_boxes(&file);
     assert!(!boxes.contains(&"moof".to_string()), "{boxes:?}");
@@ -53,11 +65,13 @@ fn static_screen_is_not_regrabbed_and_still_constant_rate() {
     std::thread::sleep(Duration::from_millis(1500));
     let dir = tmpdir("static");
     let file = dir.join("static.mp4");
-    let out = run(x
-        .castline()
-        .arg("record")
-        .arg(&file)
-        .args(["--duration", "3", "--stats", "json", "--no-cursor"]));
+    let out = run(x.castline().arg("record").arg(&file).args([
+        "--duration",
+        "3",
+        "--stats",
+        "json",
+        "--no-cursor",
+    ]));
     assert!(out.status.success());
     // After the first second nothing changed on screen: no grabs, but frames still flow.
     let stats: Vec<serde_json::Value> = stderr(&out)
@@ -84,11 +98,14 @@ fn display_index_and_odd_screen_size_crop_to_even() {
     assert_eq!(mons[0]["height"], 767);
     let dir = tmpdir("odd");
     let file = dir.join("odd.mp4");
-    let out = run(x
-        .castline()
-        .arg("record")
-        .arg(&file)
-        .args(["--source", "display:0", "--duration", "2", "--stats", "off"]));
+    let out = run(x.castline().arg("record").arg(&file).args([
+        "--source",
+        "display:0",
+        "--duration",
+        "2",
+        "--stats",
+        "off",
+    ]));
     assert!(out.status.success());
     let p = probe(&file);
     assert_eq!((p.width, p.height), (1364, 766));
@@ -108,50 +125,94 @@ fn window_capture_records_that_windows_pixels_and_follows_resizes() {
     let x = Xvfb::start(1280, 720);
     let _content = x.moving_content(30);
     let (_win_proc, id) = x.window(&[
-        "--title", "castline green", "--size", "320x240", "--color", "00ff00", "--at", "200,150",
-        "--resize-after", "2", "--resize-to", "480x240",
+        "--title",
+        "castline green",
+        "--size",
+        "320x240",
+        "--color",
+        "00ff00",
+        "--at",
+        "200,150",
+        "--resize-after",
+        "2",
+        "--resize-to",
+        "480x240",
     ]);
     // Another window on top of it: with XComposite it must not show in the capture.
-    let (_cover, _) = x.window(&["--title", "cover", "--size", "200x200", "--color", "0000ff", "--at", "150,100"]);
+    let (_cover, _) = x.window(&[
+        "--title", "cover", "--size", "200x200", "--color", "0000ff", "--at", "150,100",
+    ]);
     let out = run(x.castline().args(["list", "windows", "--json"]));
     let wins: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let w = wins.as_array().unwrap().iter().find(|w| w["id"] == id).expect("window listed");
+    let w = wins
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["id"] == id)
+        .expect("window listed");
     assert_eq!(w["title"], "castline green");
     assert!(w["pid"].as_u64().is_some());
-    assert_eq!(w["process_name"].as_str().map(|s| s.starts_with("castline-testk")), Some(true));
+    assert_eq!(
+        w["process_name"]
+            .as_str()
+            .map(|s| s.starts_with("castline-testk")),
+        Some(true)
+    );
 
     let dir = tmpdir("window");
     let file = dir.join("window.mp4");
-    let out = run(x
-        .castline()
-        .arg("record")
-        .arg(&file)
-        .args(["--source", &format!("window:{id:#x}"), "--duration", "4", "--stats", "off", "--no-cursor"]));
+    let out = run(x.castline().arg("record").arg(&file).args([
+        "--source",
+        &format!("window:{id:#x}"),
+        "--duration",
+        "4",
+        "--stats",
+        "off",
+        "--no-cursor",
+    ]));
     assert!(out.status.success());
     let p = probe(&file);
     assert_eq!((p.width, p.height), (320, 240));
     assert!(within(p.frames as f64, 120.0, 0.05), "frames {}", p.frames);
     // Before the resize: the window's own green, even where the blue window covers it.
     let [r, g, b] = centre_pixel(&file, 320, 240, 30, 0);
-    assert!(g > 200 && r < 60 && b < 60, "frame 30 at (80,60) is {r},{g},{b}");
+    assert!(
+        g > 200 && r < 60 && b < 60,
+        "frame 30 at (80,60) is {r},{g},{b}"
+    );
     // After the resize to 480x240 the picture is scaled into the fixed size (letterboxed):
     // still green, with black bars above and below.
     let (rgb, _) = decode(&file, "rgb24");
     let last = &rgb[(p.frames as usize - 1) * 320 * 240 * 3..p.frames as usize * 320 * 240 * 3];
     let px = |x: usize, y: usize| &last[(y * 320 + x) * 3..(y * 320 + x) * 3 + 3];
     assert!(px(80, 120 - 30)[1] > 200, "after resize: {:?}", px(80, 90));
-    assert!(px(80, 10).iter().all(|&c| c < 40), "letterbox bar: {:?}", px(80, 10));
+    assert!(
+        px(80, 10).iter().all(|&c| c < 40),
+        "letterbox bar: {:?}",
+        px(80, 10)
+    );
 }
 
 #[test]
 fn testsrc_timestamps_decode_back_from_the_file() {
     let dir = tmpdir("stamps");
     let file = dir.join("stamps.mp4");
-    let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64;
-    let out = run(castline()
-        .arg("record")
-        .arg(&file)
-        .args(["--source", "testsrc", "--size", "640x360", "--duration", "2", "--bitrate", "1M", "--stats", "off"]));
+    let before = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let out = run(castline().arg("record").arg(&file).args([
+        "--source",
+        "testsrc",
+        "--size",
+        "640x360",
+        "--duration",
+        "2",
+        "--bitrate",
+        "1M",
+        "--stats",
+        "off",
+    ]));
     assert!(out.status.success());
     let (luma, _) = decode(&file, "gray");
     let (w, h) = (640usize, 360usize);
@@ -161,7 +222,11 @@ fn testsrc_timestamps_decode_back_from_the_file() {
         .chunks_exact(w * h)
         .map(|f| castline::capture::testsrc::read_stamp(f, w as u32, h as u32, w))
         .collect();
-    assert!(stamps.iter().all(|s| s.is_some()), "undecodable stamps: {:?}", stamps.iter().filter(|s| s.is_none()).count());
+    assert!(
+        stamps.iter().all(|s| s.is_some()),
+        "undecodable stamps: {:?}",
+        stamps.iter().filter(|s| s.is_none()).count()
+    );
     let stamps: Vec<_> = stamps.into_iter().flatten().collect();
     for pair in stamps.windows(2) {
         assert_eq!(pair[1].tick, pair[0].tick + 1);
@@ -214,7 +279,12 @@ fn sigterm_stops_gracefully_with_a_finalized_file() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let p = probe(&file);
     assert!(p.frames >= 50, "{} frames", p.frames);
-    assert!(within(p.duration, p.frames as f64 / 30.0, 0.02), "duration {} for {} frames", p.duration, p.frames);
+    assert!(
+        within(p.duration, p.frames as f64 / 30.0, 0.02),
+        "duration {} for {} frames",
+        p.duration,
+        p.frames
+    );
     assert!(!mp4_boxes(&file).contains(&"moof".to_string()));
 }
 
@@ -222,26 +292,35 @@ fn sigterm_stops_gracefully_with_a_finalized_file() {
 fn one_encode_feeds_every_output() {
     let dir = tmpdir("fanout");
     let (a, b) = (dir.join("a.mp4"), dir.join("b.mp4"));
-    let out = run(castline()
-        .arg("record")
-        .arg(&a)
-        .arg("-o")
-        .arg(&b)
-        .args(["--source", "testsrc", "--size", "320x240", "--duration", "2", "--stats", "json"]));
+    let out = run(castline().arg("record").arg(&a).arg("-o").arg(&b).args([
+        "--source",
+        "testsrc",
+        "--size",
+        "320x240",
+        "--duration",
+        "2",
+        "--stats",
+        "json",
+    ]));
     assert!(out.status.success());
     let (pa, pb) = (probe(&a), probe(&b));
     assert_eq!(pa.frames, pb.frames);
-    assert_eq!(std::fs::read(&a).unwrap().len() > 1000, true);
+    assert!(std::fs::read(&a).unwrap().len() > 1000);
     // Same encode: identical decoded pictures.
     assert_eq!(decode(&a, "gray").0, decode(&b, "gray").0);
     let last: serde_json::Value = stderr(&out)
         .lines()
-        .filter(|l| l.starts_with('{'))
-        .last()
+        .rfind(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).unwrap())
         .unwrap();
     assert_eq!(last["outputs"].as_array().unwrap().len(), 2);
-    for k in ["capture_fps", "encoded_fps", "encode_ms_avg", "encode_ms_p95", "bitrate_kbps"] {
+    for k in [
+        "capture_fps",
+        "encoded_fps",
+        "encode_ms_avg",
+        "encode_ms_p95",
+        "bitrate_kbps",
+    ] {
         assert!(last[k].as_f64().is_some(), "{k} missing in {last}");
     }
     assert!(last["drops"]["capture"].is_u64() && last["queues"]["raw"].is_u64());
@@ -251,25 +330,55 @@ fn one_encode_feeds_every_output() {
 fn auto_encoder_falls_back_to_x264_and_explicit_hardware_fails_clearly() {
     let dir = tmpdir("encoder");
     let file = dir.join("auto.mp4");
-    let out = run(castline()
-        .arg("record")
-        .arg(&file)
-        .args(["--source", "testsrc", "--size", "320x240", "--duration", "1", "--encoder", "auto", "--profile", "baseline", "--stats", "off"]));
+    let out = run(castline().arg("record").arg(&file).args([
+        "--source",
+        "testsrc",
+        "--size",
+        "320x240",
+        "--duration",
+        "1",
+        "--encoder",
+        "auto",
+        "--profile",
+        "baseline",
+        "--stats",
+        "off",
+    ]));
     assert!(out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("encoder_skipped") && err.contains("h264_vaapi"), "{err}");
-    assert!(err.contains("encoder_selected") && err.contains("libx264") && err.contains("fallback"), "{err}");
+    assert!(
+        err.contains("encoder_skipped") && err.contains("h264_vaapi"),
+        "{err}"
+    );
+    assert!(
+        err.contains("encoder_selected") && err.contains("libx264") && err.contains("fallback"),
+        "{err}"
+    );
     assert_eq!(probe(&file).profile, "Constrained Baseline");
 
-    for (hw, name) in [("vaapi", "h264_vaapi"), ("nvenc", "h264_nvenc"), ("qsv", "h264_qsv")] {
+    for (hw, name) in [
+        ("vaapi", "h264_vaapi"),
+        ("nvenc", "h264_nvenc"),
+        ("qsv", "h264_qsv"),
+    ] {
         let file = dir.join(format!("{hw}.mp4"));
-        let out = run(castline()
-            .arg("record")
-            .arg(&file)
-            .args(["--source", "testsrc", "--duration", "1", "--encoder", hw]));
+        let out = run(castline().arg("record").arg(&file).args([
+            "--source",
+            "testsrc",
+            "--duration",
+            "1",
+            "--encoder",
+            hw,
+        ]));
         assert_eq!(out.status.code(), Some(1));
         let err = stderr(&out);
-        assert!(err.contains(&format!("encoder '{name}' is not available")), "{err}");
-        assert!(!file.exists(), "no file may be left for a run that never started");
+        assert!(
+            err.contains(&format!("encoder '{name}' is not available")),
+            "{err}"
+        );
+        assert!(
+            !file.exists(),
+            "no file may be left for a run that never started"
+        );
     }
 }

@@ -52,7 +52,9 @@ pub enum OutputError {
     Unsupported(String),
     #[error("cannot write '{path}': {reason}")]
     Unwritable { path: PathBuf, reason: String },
-    #[error("disk full while writing '{path}'; the file keeps what was written up to its last fragment")]
+    #[error(
+        "disk full while writing '{path}'; the file keeps what was written up to its last fragment"
+    )]
     DiskFull { path: PathBuf },
     #[error("writing '{path}' failed: {reason}")]
     Write { path: PathBuf, reason: String },

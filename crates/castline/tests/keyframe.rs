@@ -31,7 +31,16 @@ fn request_keyframe_produces_an_idr_mid_gop() {
     let summary = p.wait().unwrap();
     assert_eq!(summary.frames_encoded, 90);
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0", "-show_entries", "frame=key_frame,pict_type,pts_time", "-of", "csv=p=0"])
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "frame=key_frame,pict_type,pts_time",
+            "-of",
+            "csv=p=0",
+        ])
         .arg(&file)
         .output()
         .unwrap();
@@ -43,5 +52,9 @@ fn request_keyframe_produces_an_idr_mid_gop() {
         .collect();
     assert_eq!(keys.len(), 2, "keyframes at {keys:?}\n{text}");
     assert_eq!(keys[0], 0.0);
-    assert!((1.4..=1.8).contains(&keys[1]), "forced keyframe at {}", keys[1]);
+    assert!(
+        (1.4..=1.8).contains(&keys[1]),
+        "forced keyframe at {}",
+        keys[1]
+    );
 }

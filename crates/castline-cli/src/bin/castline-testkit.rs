@@ -67,14 +67,32 @@ fn create_window(
 }
 
 /// Upload a BGRA buffer into a new pixmap, in bands small enough for one request each.
-fn upload(conn: &impl Connection, screen: &Screen, gc: Gcontext, w: u16, h: u16, px: &[u8]) -> Res<Pixmap> {
+fn upload(
+    conn: &impl Connection,
+    screen: &Screen,
+    gc: Gcontext,
+    w: u16,
+    h: u16,
+    px: &[u8],
+) -> Res<Pixmap> {
     let pm = conn.generate_id()?;
     conn.create_pixmap(screen.root_depth, pm, screen.root, w, h)?;
     let rows_per_band = (1 << 20) / (w as usize * 4);
     for y0 in (0..h as usize).step_by(rows_per_band.max(1)) {
         let rows = rows_per_band.min(h as usize - y0);
         let band = &px[y0 * w as usize * 4..(y0 + rows) * w as usize * 4];
-        conn.put_image(ImageFormat::Z_PIXMAP, pm, gc, w, rows as u16, 0, y0 as i16, 0, screen.root_depth, band)?;
+        conn.put_image(
+            ImageFormat::Z_PIXMAP,
+            pm,
+            gc,
+            w,
+            rows as u16,
+            0,
+            y0 as i16,
+            0,
+            screen.root_depth,
+            band,
+        )?;
     }
     Ok(pm)
 }
@@ -92,7 +110,8 @@ fn content(args: &[String]) -> Res<()> {
     // A texture of 16×16 tiles with hashed colours plus gradients: compressible but never flat,
     // so the encoder has real work on every frame.
     let tex = |x: usize, y: usize| -> [u8; 4] {
-        let tile = ((x / 16) as u32).wrapping_mul(2_654_435_761) ^ ((y / 16) as u32).wrapping_mul(40_503);
+        let tile =
+            ((x / 16) as u32).wrapping_mul(2_654_435_761) ^ ((y / 16) as u32).wrapping_mul(40_503);
         let t = tile.wrapping_mul(0x9E37_79B9) >> 8;
         [
             (t as u8) / 2 + (x % 256) as u8 / 2,
@@ -120,7 +139,17 @@ fn content(args: &[String]) -> Res<()> {
     let start = Instant::now();
     let mut i = 0u64;
     loop {
-        conn.copy_area(pixmaps[i as usize % pixmaps.len()], win, gc, 0, 0, 0, 0, w, h)?;
+        conn.copy_area(
+            pixmaps[i as usize % pixmaps.len()],
+            win,
+            gc,
+            0,
+            0,
+            0,
+            0,
+            w,
+            h,
+        )?;
         conn.sync()?;
         while conn.poll_for_event()?.is_some() {}
         if still {
@@ -157,27 +186,66 @@ fn window(args: &[String]) -> Res<()> {
     let screen = conn.setup().roots[n].clone();
     let win = create_window(&conn, &screen, (x, y, w, h), false)?;
     let name = title.as_bytes();
-    conn.change_property8(PropMode::REPLACE, win, AtomEnum::WM_NAME, AtomEnum::STRING, name)?;
+    conn.change_property8(
+        PropMode::REPLACE,
+        win,
+        AtomEnum::WM_NAME,
+        AtomEnum::STRING,
+        name,
+    )?;
     let utf8 = conn.intern_atom(false, b"UTF8_STRING")?.reply()?.atom;
     let net_name = conn.intern_atom(false, b"_NET_WM_NAME")?.reply()?.atom;
     conn.change_property8(PropMode::REPLACE, win, net_name, utf8, name)?;
     let net_pid = conn.intern_atom(false, b"_NET_WM_PID")?.reply()?.atom;
-    conn.change_property32(PropMode::REPLACE, win, net_pid, AtomEnum::CARDINAL, &[std::process::id()])?;
+    conn.change_property32(
+        PropMode::REPLACE,
+        win,
+        net_pid,
+        AtomEnum::CARDINAL,
+        &[std::process::id()],
+    )?;
     let gc = conn.generate_id()?;
-    conn.create_gc(gc, win, &CreateGCAux::new().foreground(color).graphics_exposures(0))?;
+    conn.create_gc(
+        gc,
+        win,
+        &CreateGCAux::new().foreground(color).graphics_exposures(0),
+    )?;
     let white = conn.generate_id()?;
-    conn.create_gc(white, win, &CreateGCAux::new().foreground(screen.white_pixel))?;
+    conn.create_gc(
+        white,
+        win,
+        &CreateGCAux::new().foreground(screen.white_pixel),
+    )?;
     conn.map_window(win)?;
     conn.sync()?;
     let mut size_now = (w, h);
     let paint = |(w, h): (u16, u16)| -> Res<()> {
-        conn.poly_fill_rectangle(win, gc, &[Rectangle { x: 0, y: 0, width: w, height: h }])?;
+        conn.poly_fill_rectangle(
+            win,
+            gc,
+            &[Rectangle {
+                x: 0,
+                y: 0,
+                width: w,
+                height: h,
+            }],
+        )?;
         conn.poly_fill_rectangle(
             win,
             white,
             &[
-                Rectangle { x: 0, y: (h / 2) as i16 - 2, width: w, height: 4 },
-                Rectangle { x: (w / 2) as i16 - 2, y: 0, width: 4, height: h },
+                Rectangle {
+                    x: 0,
+                    y: (h / 2) as i16 - 2,
+                    width: w,
+                    height: 4,
+                },
+                Rectangle {
+                    x: (w / 2) as i16 - 2,
+                    y: 0,
+                    width: 4,
+                    height: h,
+                },
             ],
         )?;
         conn.flush()?;
@@ -201,7 +269,10 @@ fn window(args: &[String]) -> Res<()> {
         }
         if let (Some(after), Some((rw, rh)), false) = (resize_after, resize_to, resized) {
             if start.elapsed().as_secs_f64() >= after {
-                conn.configure_window(win, &ConfigureWindowAux::new().width(rw as u32).height(rh as u32))?;
+                conn.configure_window(
+                    win,
+                    &ConfigureWindowAux::new().width(rw as u32).height(rh as u32),
+                )?;
                 conn.flush()?;
                 resized = true;
             }

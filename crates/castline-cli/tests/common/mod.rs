@@ -134,7 +134,8 @@ pub fn stderr(o: &Output) -> String {
 
 /// A fresh directory under the target dir.
 pub fn tmpdir(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let d =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -155,11 +156,25 @@ pub struct Probe {
 
 pub fn probe(path: &Path) -> Probe {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0", "-print_format", "json", "-show_streams", "-show_format"])
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-print_format",
+            "json",
+            "-show_streams",
+            "-show_format",
+        ])
         .arg(path)
         .output()
         .expect("ffprobe is installed");
-    assert!(out.status.success(), "ffprobe failed on {path:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ffprobe failed on {path:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let s = &v["streams"][0];
     let str_of = |x: &serde_json::Value| x.as_str().unwrap_or("").to_string();
@@ -184,7 +199,10 @@ pub fn decode(path: &Path, pix_fmt: &str) -> (Vec<u8>, String) {
         .args(["-f", "rawvideo", "-pix_fmt", pix_fmt, "-"])
         .output()
         .unwrap();
-    (out.stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Number of distinct decoded pictures.
@@ -228,7 +246,10 @@ pub fn mp4_boxes(path: &Path) -> Vec<String> {
 pub fn wait_for_file(path: &Path, min_len: u64, timeout: Duration) {
     let t0 = Instant::now();
     while t0.elapsed() < timeout {
-        if std::fs::metadata(path).map(|m| m.len() >= min_len).unwrap_or(false) {
+        if std::fs::metadata(path)
+            .map(|m| m.len() >= min_len)
+            .unwrap_or(false)
+        {
             return;
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -79,9 +79,7 @@ impl VideoSource for TestSource {
 
     fn grab(&mut self, at: CaptureTime) -> Result<Option<Picture>, CaptureError> {
         let len = self.background.len();
-        let mut buf = self
-            .pool
-            .take(|b| b.len() == len, || Ok(vec![0u8; len]))?;
+        let mut buf = self.pool.take(|b| b.len() == len, || Ok(vec![0u8; len]))?;
         let (w, h) = (self.width, self.height);
         {
             let px = unique_mut(&mut buf)?;
@@ -90,7 +88,8 @@ impl VideoSource for TestSource {
             let bw = (w / 8).max(8);
             let bh = (h / 6).max(8);
             let span = w - bw;
-            let pos = ((at.pts_us.max(0) as u64 * span as u64 / 1_000_000) % (2 * span as u64)) as u32;
+            let pos =
+                ((at.pts_us.max(0) as u64 * span as u64 / 1_000_000) % (2 * span as u64)) as u32;
             let bx = if pos < span { pos } else { 2 * span - pos };
             let by = h / 2 - bh / 2;
             fill_rect(px, w, bx, by, bw, bh, [255, 255, 255]);
@@ -199,7 +198,10 @@ mod tests {
         let (w, h) = (640u32, 360u32);
         let mut bgra = vec![0u8; (w * h * 4) as usize];
         draw_stamp(&mut bgra, w, 1_763_700_000_123_456, 0x12_3456);
-        let luma: Vec<u8> = bgra.chunks_exact(4).map(|p| if p[0] > 0 { 235 } else { 16 }).collect();
+        let luma: Vec<u8> = bgra
+            .chunks_exact(4)
+            .map(|p| if p[0] > 0 { 235 } else { 16 })
+            .collect();
         let s = read_stamp(&luma, w, h, w as usize).unwrap();
         assert_eq!(s.wall_us, 1_763_700_000_123_456);
         assert_eq!(s.tick, 0x12_3456);

@@ -47,7 +47,13 @@ impl ScreenSource {
                 height: area.3,
             });
         }
-        let depth = x.conn.setup().roots.first().map(|s| s.root_depth).unwrap_or(0);
+        let depth = x
+            .conn
+            .setup()
+            .roots
+            .first()
+            .map(|s| s.root_depth)
+            .unwrap_or(0);
         x.check_depth(depth)?;
         let damage = if x.has_damage {
             let id = x.conn.generate_id()?;

@@ -97,7 +97,10 @@ impl WindowSource {
             self.x.conn.free_pixmap(p)?;
         }
         let p = self.x.conn.generate_id()?;
-        self.x.conn.composite_name_window_pixmap(self.win, p)?.check()?;
+        self.x
+            .conn
+            .composite_name_window_pixmap(self.win, p)?
+            .check()?;
         self.pixmap = Some(p);
         Ok(())
     }
@@ -201,7 +204,10 @@ impl Drop for WindowSource {
         if let Some(d) = self.damage {
             let _ = self.x.conn.damage_destroy(d);
         }
-        let _ = self.x.conn.composite_unredirect_window(self.win, Redirect::AUTOMATIC);
+        let _ = self
+            .x
+            .conn
+            .composite_unredirect_window(self.win, Redirect::AUTOMATIC);
         let _ = self.x.conn.flush();
     }
 }

@@ -74,7 +74,9 @@ impl Converter {
         }
         let bgra = pic.pixels.bytes();
         if bgra.len() < pic.stride * (h as usize).saturating_sub(1) + w as usize * 4 {
-            return Err(ConvertError::Failed("picture buffer shorter than its size".into()));
+            return Err(ConvertError::Failed(
+                "picture buffer shorter than its size".into(),
+            ));
         }
         if (w, h) == self.out {
             return bgra_to_yuv(bgra, pic.stride, w, h, dst);

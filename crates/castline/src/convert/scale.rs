@@ -101,7 +101,12 @@ impl Scaler {
             ptrs[i] = unsafe { p.as_mut_ptr().add(off) };
             strides[i] = dst.strides[i] as i32;
         }
-        let sp = [src[0].as_ptr(), src[1].as_ptr(), src[2].as_ptr(), std::ptr::null()];
+        let sp = [
+            src[0].as_ptr(),
+            src[1].as_ptr(),
+            src[2].as_ptr(),
+            std::ptr::null(),
+        ];
         let ss = [
             src_strides[0] as i32,
             src_strides[1] as i32,

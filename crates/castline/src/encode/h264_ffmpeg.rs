@@ -73,7 +73,7 @@ impl FfmpegH264Encoder {
                 X264_PRESETS.join(", ")
             )));
         }
-        if width % 2 != 0 || height % 2 != 0 || width < 16 || height < 16 {
+        if !width.is_multiple_of(2) || !height.is_multiple_of(2) || width < 16 || height < 16 {
             return Err(EncodeError::InvalidSetting(format!(
                 "size {width}x{height}: 4:2:0 needs even dimensions of at least 16"
             )));
@@ -134,13 +134,27 @@ impl FfmpegH264Encoder {
                 opts.set("forced-idr", "1");
             }
             EncoderKind::Qsv => {
-                opts.set("preset", if s.preset.contains("fast") { "veryfast" } else { "medium" });
+                opts.set(
+                    "preset",
+                    if s.preset.contains("fast") {
+                        "veryfast"
+                    } else {
+                        "medium"
+                    },
+                );
                 opts.set("profile", profile);
                 opts.set("forced_idr", "1");
             }
             EncoderKind::Vaapi => {
                 opts.set("rc_mode", "CBR");
-                opts.set("profile", if profile == "baseline" { "constrained_baseline" } else { profile });
+                opts.set(
+                    "profile",
+                    if profile == "baseline" {
+                        "constrained_baseline"
+                    } else {
+                        profile
+                    },
+                );
             }
         }
         let vaapi = if kind == EncoderKind::Vaapi {
@@ -226,7 +240,9 @@ impl VideoEncoder for FfmpegH264Encoder {
         unsafe {
             let f = self.frame.as_mut_ptr();
             if ffi::av_frame_make_writable(f) < 0 {
-                return Err(EncodeError::Failed("cannot make input frame writable".into()));
+                return Err(EncodeError::Failed(
+                    "cannot make input frame writable".into(),
+                ));
             }
             let (w, h) = (self.info.width, self.info.height);
             let n = match self.layout {

@@ -64,7 +64,9 @@ impl Mp4Output {
         }
         ff::init().map_err(|e| unwritable(e.to_string()))?;
         let mut octx = ff::format::output_as(path, "mp4").map_err(|e| match e {
-            ff::Error::Other { errno } => unwritable(std::io::Error::from_raw_os_error(errno).to_string()),
+            ff::Error::Other { errno } => {
+                unwritable(std::io::Error::from_raw_os_error(errno).to_string())
+            }
             e => unwritable(e.to_string()),
         })?;
         // SAFETY: a new stream on our context; codecpar fields are plain data and extradata is
@@ -153,7 +155,11 @@ impl Output for Mp4Output {
         let rescale = |t: i64| ff::rescale::Rescale::rescale(&(t - base), us, self.time_base);
         p.set_pts(Some(rescale(pkt.pts_us)));
         p.set_dts(Some(rescale(pkt.dts_us)));
-        p.set_duration(ff::rescale::Rescale::rescale(&pkt.duration_us, us, self.time_base));
+        p.set_duration(ff::rescale::Rescale::rescale(
+            &pkt.duration_us,
+            us,
+            self.time_base,
+        ));
         p.set_stream(0);
         if pkt.keyframe {
             p.set_flags(ff::packet::Flags::KEY);

@@ -78,8 +78,7 @@ pub struct Pipeline {
     info: VideoStreamInfo,
     capture: JoinHandle<std::result::Result<(), Error>>,
     encode: JoinHandle<std::result::Result<(), Error>>,
-    output_threads:
-        Vec<JoinHandle<std::result::Result<OutputSummary, crate::error::OutputError>>>,
+    output_threads: Vec<JoinHandle<std::result::Result<OutputSummary, crate::error::OutputError>>>,
 }
 
 impl Pipeline {
@@ -102,7 +101,13 @@ impl Pipeline {
         let source = capture::open_source(&cfg.source, &source_options)?;
         let (sw, sh) = source.size();
         let (w, h) = cfg.size.unwrap_or_else(|| even_crop(sw, sh));
-        tracing::info!(source = source.describe(), width = w, height = h, fps = cfg.fps, "capture_started");
+        tracing::info!(
+            source = source.describe(),
+            width = w,
+            height = h,
+            fps = cfg.fps,
+            "capture_started"
+        );
         let encoder = encode::open_video_encoder(&cfg.encoder, w, h, cfg.fps)?;
         let info = encoder.info().clone();
         let mut outputs = Vec::new();
@@ -205,13 +210,16 @@ impl Pipeline {
     /// Counters since the previous call.
     pub fn sample_stats(&self) -> StatsSnapshot {
         let t = self.clock.now_us() as f64 / 1e6;
-        self.sampler.lock().unwrap_or_else(|p| p.into_inner()).sample(
-            t,
-            &self.counters,
-            self.raw.len(),
-            self.raw.dropped(),
-            &self.outputs,
-        )
+        self.sampler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sample(
+                t,
+                &self.counters,
+                self.raw.len(),
+                self.raw.dropped(),
+                &self.outputs,
+            )
     }
 
     /// Wait for every thread and report. The first capture or encode error wins; output errors
@@ -240,7 +248,9 @@ impl Pipeline {
         if let Some(Err(_)) = outputs.iter().find(|o| o.is_err()) {
             if outputs.iter().all(|o| o.is_err()) {
                 let first = outputs.into_iter().find_map(|o| o.err());
-                return Err(first.map(Error::from).unwrap_or_else(|| Error::Internal("output failed".into())));
+                return Err(first
+                    .map(Error::from)
+                    .unwrap_or_else(|| Error::Internal("output failed".into())));
             }
         }
         let frames_encoded = self.counters.frames_encoded.load(Ordering::Relaxed);
