@@ -153,12 +153,8 @@ fn content(args: &[String]) -> Res<()> {
         conn.sync()?;
         while conn.poll_for_event()?.is_some() {}
         if still {
-            std::thread::sleep(Duration::from_millis(200));
-            // Repaint only on Expose; nothing changes otherwise.
-            let ev = conn.wait_for_event()?;
-            if !matches!(ev, x11rb::protocol::Event::Expose(_)) {
-                continue;
-            }
+            // Paint once; afterwards only an Expose repaints (never, on Xvfb).
+            while !matches!(conn.wait_for_event()?, x11rb::protocol::Event::Expose(_)) {}
             continue;
         }
         i += 1;
