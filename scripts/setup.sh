@@ -7,8 +7,8 @@ PKGS=(
   pkg-config clang libclang-dev
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev
   libavfilter-dev libavdevice-dev
-  # tests: a real X server, ffprobe/ffmpeg to read results back
-  xvfb ffmpeg
+  # tests: a real X server, ffprobe/ffmpeg to read results back, nginx-rtmp as RTMP server
+  xvfb ffmpeg nginx libnginx-mod-rtmp
   # benchmark: the tools users run today, and /usr/bin/time for CPU and RSS
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-ugly gstreamer1.0-x time

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use castline::capture::{x11, SourceOptions, SourceSpec};
 use castline::encode::{EncoderKind, EncoderSettings, H264Profile};
-use castline::output::OutputSpec;
+use castline::output::{OutputSpec, RtmpOptions};
 use castline::pipeline::stats::StatsSnapshot;
 use castline::pipeline::{Pipeline, PipelineConfig};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -36,6 +36,13 @@ enum Command {
     Record {
         /// Output file (.mp4 or .mov).
         file: PathBuf,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+    },
+    /// Stream live over RTMP(S), e.g. rtmp://HOST[:PORT]/APP/KEY (the key is never printed).
+    Stream {
+        /// rtmp:// or rtmps:// URL.
+        url: String,
         #[command(flatten)]
         pipeline: PipelineArgs,
     },
@@ -101,6 +108,60 @@ struct PipelineArgs {
     /// Per-second statistics on stderr: text (progress line), json (one object per line) or off.
     #[arg(long, value_enum, default_value_t = StatsMode::Text)]
     stats: StatsMode,
+    #[command(flatten)]
+    network: NetworkArgs,
+}
+
+/// Stream buffer and reconnection of network outputs (RTMP).
+#[derive(Args)]
+#[command(next_help_heading = "Network outputs")]
+struct NetworkArgs {
+    /// Stream buffer bound in packets; over it, video is dropped until the next keyframe.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(2..=100_000))]
+    buffer_packets: u64,
+    /// Stream buffer bound in milliseconds of media.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    buffer_ms: u64,
+    /// First reconnection delay, seconds.
+    #[arg(long, default_value_t = 2.0, value_parser = parse_seconds)]
+    reconnect_delay: f64,
+    /// Each further attempt waits this many times longer.
+    #[arg(long, default_value_t = 1.5, value_parser = parse_multiplier)]
+    reconnect_multiplier: f64,
+    /// Longest wait between attempts, seconds.
+    #[arg(long, default_value_t = 30.0, value_parser = parse_seconds)]
+    reconnect_max_delay: f64,
+    /// Attempts before giving up (0: never reconnect).
+    #[arg(long, default_value_t = 20)]
+    reconnect_tries: u32,
+}
+
+impl NetworkArgs {
+    fn rtmp_options(&self) -> RtmpOptions {
+        RtmpOptions {
+            buffer_packets: self.buffer_packets as usize,
+            buffer: Duration::from_millis(self.buffer_ms),
+            reconnect_delay: Duration::from_secs_f64(self.reconnect_delay),
+            reconnect_multiplier: self.reconnect_multiplier,
+            reconnect_max_delay: Duration::from_secs_f64(self.reconnect_max_delay),
+            reconnect_tries: self.reconnect_tries,
+            ..RtmpOptions::default()
+        }
+    }
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("invalid seconds '{s}' (0–3600)")),
+    }
+}
+
+fn parse_multiplier(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (1.0..=10.0).contains(&v) => Ok(v),
+        _ => Err(format!("invalid multiplier '{s}' (1–10)")),
+    }
 }
 
 fn parse_source(s: &str) -> Result<SourceSpec, String> {
@@ -218,6 +279,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let primary = file.to_string_lossy().into_owned();
             run_pipeline(primary, pipeline)
         }
+        Command::Stream { url, pipeline } => {
+            let lower = url.to_ascii_lowercase();
+            if !lower.starts_with("rtmp://") && !lower.starts_with("rtmps://") {
+                return Err(usage(format!(
+                    "'{}' is not an rtmp:// or rtmps:// URL",
+                    castline::output::redact_url(&url)
+                )));
+            }
+            run_pipeline(url, pipeline)
+        }
     }
 }
 
@@ -290,10 +361,12 @@ fn run_pipeline(primary: String, a: PipelineArgs) -> Result<(), Failure> {
         },
         outputs,
         duration: a.duration,
+        rtmp: a.network.rtmp_options(),
         ..PipelineConfig::default()
     };
     let pipeline = Pipeline::start(cfg).map_err(|e| match e {
         castline::Error::Encode(castline::error::EncodeError::InvalidSetting(m)) => usage(m),
+        castline::Error::Output(o) if o.is_usage() => usage(o.to_string()),
         e => Failure::from(e),
     })?;
     // First Ctrl-C/SIGTERM: graceful stop (files finalized). A second Ctrl-C: exit at once.

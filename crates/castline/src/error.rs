@@ -46,10 +46,13 @@ pub enum EncodeError {
     Failed(String),
 }
 
-#[derive(Debug, thiserror::Error)]
+/// Output failures. URLs inside are always redacted (no stream keys or tokens).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum OutputError {
-    #[error("unsupported output '{0}': expected a path ending in .mp4 or .mov")]
+    #[error("unsupported output '{0}': expected a path ending in .mp4 or .mov, or an rtmp:// or rtmps:// URL")]
     Unsupported(String),
+    #[error("invalid stream URL '{url}': {reason}")]
+    InvalidUrl { url: String, reason: String },
     #[error("cannot write '{path}': {reason}")]
     Unwritable { path: PathBuf, reason: String },
     #[error(
@@ -58,12 +61,80 @@ pub enum OutputError {
     DiskFull { path: PathBuf },
     #[error("writing '{path}' failed: {reason}")]
     Write { path: PathBuf, reason: String },
+    #[error("cannot resolve host '{host}' of {url}")]
+    Dns { url: String, host: String },
+    #[error("connection refused by {url} (is the server running?)")]
+    Refused { url: String },
+    #[error("{url} is unreachable: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error(
+        "{url} rejected the connection or publish (check the app name and stream key): {reason}"
+    )]
+    Rejected { url: String, reason: String },
+    #[error("network stalled: {url} accepted no data for {secs} s")]
+    Stalled { url: String, secs: u64 },
+    #[error("connection to {url} lost: {reason}")]
+    Lost { url: String, reason: String },
+    #[error("gave up on {url} after {attempts} reconnection attempts; last error: {last}")]
+    GaveUp {
+        url: String,
+        attempts: u32,
+        last: String,
+    },
 }
 
 impl OutputError {
+    /// Transient errors are retried (reconnect); fatal ones end the output.
     pub fn class(&self) -> ErrorClass {
-        // Files cannot recover by retrying; network outputs (later) add transient variants.
-        ErrorClass::Fatal
+        match self {
+            Self::Dns { .. }
+            | Self::Refused { .. }
+            | Self::Unreachable { .. }
+            | Self::Stalled { .. }
+            | Self::Lost { .. } => ErrorClass::Transient,
+            _ => ErrorClass::Fatal,
+        }
+    }
+
+    /// A stable machine-readable code (JSON stats, bindings).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unsupported(_) => "unsupported_output",
+            Self::InvalidUrl { .. } => "invalid_url",
+            Self::Unwritable { .. } => "unwritable",
+            Self::DiskFull { .. } => "disk_full",
+            Self::Write { .. } => "write_failed",
+            Self::Dns { .. } => "dns_failure",
+            Self::Refused { .. } => "connection_refused",
+            Self::Unreachable { .. } => "unreachable",
+            Self::Rejected { .. } => "publish_rejected",
+            Self::Stalled { .. } => "network_stall",
+            Self::Lost { .. } => "connection_lost",
+            Self::GaveUp { .. } => "gave_up",
+        }
+    }
+
+    /// Whether this is a usage problem (bad argument) rather than a runtime failure.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Self::Unsupported(_) | Self::InvalidUrl { .. })
+    }
+}
+
+/// An error as reported in stats and events.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ErrorReport {
+    pub kind: &'static str,
+    pub class: ErrorClass,
+    pub message: String,
+}
+
+impl From<&OutputError> for ErrorReport {
+    fn from(e: &OutputError) -> Self {
+        Self {
+            kind: e.kind(),
+            class: e.class(),
+            message: e.to_string(),
+        }
     }
 }
 

@@ -263,3 +263,179 @@ pub fn kill(child: &Child, sig: i32) {
         libc::kill(child.id() as i32, sig);
     }
 }
+
+/// nginx with the RTMP module on a free loopback port; restartable on the same port.
+pub struct Nginx {
+    pub port: u16,
+    dir: PathBuf,
+    proc: Option<Proc>,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Nginx {
+    pub fn start() -> Nginx {
+        let dir = tmpdir(&format!(
+            "nginx-{}",
+            NEXT_DISPLAY.fetch_add(1, Ordering::SeqCst)
+        ));
+        let mut n = Nginx {
+            port: free_port(),
+            dir,
+            proc: None,
+        };
+        n.restart();
+        n
+    }
+
+    /// (Re)start on the same port. App `live` accepts publishers; app `closed` denies publishing.
+    pub fn restart(&mut self) {
+        self.stop();
+        let conf = format!(
+            "load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;\n\
+             daemon off; master_process off; pid {dir}/nginx.pid; error_log {dir}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             rtmp {{ server {{ listen 127.0.0.1:{port}; access_log off;\n\
+               application live {{ live on; }}\n\
+               application closed {{ live on; deny publish all; }} }} }}\n",
+            dir = self.dir.display(),
+            port = self.port
+        );
+        std::fs::write(self.dir.join("nginx.conf"), conf).unwrap();
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(&self.dir)
+            .arg("-e")
+            .arg(self.dir.join("error.log"))
+            .arg("-c")
+            .arg(self.dir.join("nginx.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx is installed (apt-get install nginx libnginx-mod-rtmp)");
+        self.proc = Some(Proc(child));
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "nginx did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        self.proc = None;
+    }
+
+    pub fn url(&self, app: &str, key: &str) -> String {
+        format!("rtmp://127.0.0.1:{}/{app}/{key}", self.port)
+    }
+}
+
+/// A TCP relay whose client→server direction can be throttled (bytes per second, 0 = off).
+pub struct SlowRelay {
+    pub port: u16,
+    pub rate: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SlowRelay {
+    pub fn start(upstream: u16) -> SlowRelay {
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // Small kernel buffers so the throttle reaches the sender quickly (accepted sockets
+        // inherit the receive buffer size).
+        let small: libc::c_int = 16 * 1024;
+        // SAFETY: setsockopt on our own socket with a valid int.
+        unsafe {
+            libc::setsockopt(
+                listener.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                &small as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as u32,
+            );
+        }
+        let port = listener.local_addr().unwrap().port();
+        let rate = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let r = rate.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let (mut c_in, mut s_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let r = r.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 2048];
+                    while let Ok(n) = c_in.read(&mut buf) {
+                        if n == 0 || s_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        let rate = r.load(Ordering::Relaxed);
+                        if rate > 0 {
+                            std::thread::sleep(Duration::from_secs_f64(n as f64 / rate as f64));
+                        }
+                    }
+                    let _ = s_out.shutdown(std::net::Shutdown::Both);
+                });
+                let (mut s_in, mut c_out) = (server, client);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s_in, &mut c_out);
+                    let _ = c_out.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        SlowRelay { port, rate }
+    }
+}
+
+/// Read a live RTMP stream for `secs` seconds into an FLV file (stream copy), in the background.
+pub fn rtmp_reader(url: &str, secs: u32, file: &Path) -> Proc {
+    let child = Command::new("ffmpeg")
+        .args([
+            "-nostdin",
+            "-y",
+            "-v",
+            "error",
+            "-rw_timeout",
+            "20000000",
+            "-analyzeduration",
+            "1000000",
+        ])
+        .args(["-i", url, "-t", &secs.to_string(), "-c", "copy"])
+        .arg(file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+/// Wait for a background process to end by itself.
+pub fn wait_proc(p: &mut Proc, timeout: Duration) {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if let Ok(Some(_)) = p.0.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Stats objects printed by `--stats json`.
+pub fn json_stats(stderr: &str) -> Vec<serde_json::Value> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}

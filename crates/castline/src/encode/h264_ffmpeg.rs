@@ -194,6 +194,7 @@ impl FfmpegH264Encoder {
                 width,
                 height,
                 fps,
+                bitrate: s.bitrate,
                 extradata,
                 profile: s.profile,
             },

@@ -28,6 +28,8 @@ pub struct VideoStreamInfo {
     pub width: u32,
     pub height: u32,
     pub fps: u32,
+    /// Target bitrate, bit/s.
+    pub bitrate: u64,
     /// SPS and PPS in Annex-B form.
     pub extradata: Vec<u8>,
     pub profile: H264Profile,

@@ -3,11 +3,16 @@
 //! the encoder or the other outputs.
 
 pub mod mp4;
+mod mux;
+pub mod rtmp;
 
 use std::path::PathBuf;
 
 use crate::encode::{EncodedPacket, VideoStreamInfo};
-use crate::error::OutputError;
+use crate::error::{ErrorReport, OutputError};
+use crate::pipeline::clock::MediaClock;
+
+pub use rtmp::{redact_url, RtmpOptions};
 
 /// What an output reports when it ends.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -19,23 +24,67 @@ pub struct OutputSummary {
     pub warning: Option<String>,
 }
 
+/// What happened to one packet handed to an output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Sent,
+    /// Not sent (e.g. disconnected, or waiting for a keyframe after reconnecting); the pipeline
+    /// asks the encoder for a keyframe when `want_keyframe`.
+    Skipped {
+        want_keyframe: bool,
+    },
+}
+
+/// Connection state of a network output, for stats.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LinkReport {
+    pub reconnecting: bool,
+    pub reconnects: u32,
+    pub last_error: Option<ErrorReport>,
+}
+
 pub trait Output: Send {
     /// A name safe to log (secrets such as stream keys redacted).
     fn name(&self) -> String;
-    fn write(&mut self, pkt: &EncodedPacket) -> Result<(), OutputError>;
+    fn write(&mut self, pkt: &EncodedPacket) -> Result<Written, OutputError>;
     /// End of stream. `clean` is false when the pipeline is ending on an error.
     fn finish(self: Box<Self>, clean: bool) -> Result<OutputSummary, OutputError>;
+    /// Connection state, for outputs that have one.
+    fn link(&self) -> Option<LinkReport> {
+        None
+    }
 }
 
 /// Where to send the stream: parsed from a CLI argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutputSpec {
     Mp4(PathBuf),
+    /// rtmp:// or rtmps:// URL (validated; may hold a stream key: never log it, use
+    /// [`OutputSpec::name`]).
+    Rtmp(String),
+}
+
+impl OutputSpec {
+    /// A name safe to log.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Mp4(p) => p.display().to_string(),
+            Self::Rtmp(u) => redact_url(u),
+        }
+    }
 }
 
 impl std::str::FromStr for OutputSpec {
     type Err = OutputError;
     fn from_str(s: &str) -> Result<Self, OutputError> {
+        let lower_url = s.to_ascii_lowercase();
+        if lower_url.starts_with("rtmp://") || lower_url.starts_with("rtmps://") {
+            rtmp::RtmpTarget::parse(s)?;
+            return Ok(Self::Rtmp(s.to_string()));
+        }
+        if s.contains("://") && !lower_url.starts_with("file://") {
+            return Err(OutputError::Unsupported(redact_url(s)));
+        }
         let path = s.strip_prefix("file://").unwrap_or(s);
         let lower = path.to_ascii_lowercase();
         if lower.ends_with(".mp4") || lower.ends_with(".mov") {
@@ -46,11 +95,21 @@ impl std::str::FromStr for OutputSpec {
     }
 }
 
+/// Open an output. Network outputs connect here: a first connection that fails is reported at
+/// once instead of being retried.
 pub fn open_output(
     spec: &OutputSpec,
     info: &VideoStreamInfo,
+    clock: MediaClock,
+    rtmp: &RtmpOptions,
 ) -> Result<Box<dyn Output>, OutputError> {
     match spec {
         OutputSpec::Mp4(path) => Ok(Box::new(mp4::Mp4Output::create(path, info)?)),
+        OutputSpec::Rtmp(url) => Ok(Box::new(rtmp::RtmpOutput::connect(
+            url,
+            info,
+            clock,
+            rtmp.clone(),
+        )?)),
     }
 }

@@ -9,27 +9,17 @@
 
 use std::path::{Path, PathBuf};
 
-use ffmpeg_next::{self as ff, ffi, Dictionary, Rational};
+use ffmpeg_next::{self as ff, Dictionary, Rational};
 
-use super::{Output, OutputSummary};
+use super::mux::Muxer;
+use super::{Output, OutputSummary, Written};
 use crate::encode::{EncodedPacket, VideoStreamInfo};
 use crate::error::OutputError;
 
-/// Track time base: the usual 90 kHz.
-const TRACK_TIMESCALE: i32 = 90_000;
-
 pub struct Mp4Output {
     path: PathBuf,
-    octx: ff::format::context::Output,
-    time_base: Rational,
-    packets: u64,
-    bytes: u64,
-    /// Timestamps are rebased so the file starts at 0.
-    first_dts_us: Option<i64>,
+    muxer: Muxer,
 }
-
-// SAFETY: the muxer context is owned by this value and used by one thread at a time.
-unsafe impl Send for Mp4Output {}
 
 fn ff_error(path: &Path, e: ff::Error) -> OutputError {
     match e {
@@ -62,84 +52,37 @@ impl Mp4Output {
                 parent.display()
             )));
         }
-        ff::init().map_err(|e| unwritable(e.to_string()))?;
-        let mut octx = ff::format::output_as(path, "mp4").map_err(|e| match e {
+        let target = path
+            .to_str()
+            .ok_or_else(|| unwritable("path is not valid UTF-8".into()))?;
+        let mut mux_opts = Dictionary::new();
+        mux_opts.set("movflags", "frag_keyframe+empty_moov+default_base_moof");
+        mux_opts.set("frag_duration", "1000000");
+        mux_opts.set("flush_packets", "1");
+        // The usual 90 kHz track timescale.
+        let muxer = Muxer::open(
+            target,
+            "mp4",
+            Dictionary::new(),
+            mux_opts,
+            info,
+            Rational(1, 90_000),
+            None,
+        )
+        .map_err(|e| match e {
+            ff::Error::Other { errno } if errno == libc::ENOSPC => OutputError::DiskFull {
+                path: path.to_path_buf(),
+            },
             ff::Error::Other { errno } => {
                 unwritable(std::io::Error::from_raw_os_error(errno).to_string())
             }
             e => unwritable(e.to_string()),
         })?;
-        // SAFETY: a new stream on our context; codecpar fields are plain data and extradata is
-        // allocated with FFmpeg's allocator (freed by the context) with the required padding.
-        unsafe {
-            let st = ffi::avformat_new_stream(octx.as_mut_ptr(), std::ptr::null());
-            if st.is_null() {
-                return Err(unwritable("cannot add a video stream".into()));
-            }
-            (*st).time_base = ffi::AVRational {
-                num: 1,
-                den: TRACK_TIMESCALE,
-            };
-            (*st).avg_frame_rate = ffi::AVRational {
-                num: info.fps as i32,
-                den: 1,
-            };
-            let par = (*st).codecpar;
-            (*par).codec_type = ffi::AVMediaType::AVMEDIA_TYPE_VIDEO;
-            (*par).codec_id = ffi::AVCodecID::AV_CODEC_ID_H264;
-            (*par).width = info.width as i32;
-            (*par).height = info.height as i32;
-            (*par).format = ffi::AVPixelFormat::AV_PIX_FMT_YUV420P as i32;
-            (*par).color_range = ffi::AVColorRange::AVCOL_RANGE_MPEG;
-            (*par).color_primaries = ffi::AVColorPrimaries::AVCOL_PRI_BT709;
-            (*par).color_trc = ffi::AVColorTransferCharacteristic::AVCOL_TRC_BT709;
-            (*par).color_space = ffi::AVColorSpace::AVCOL_SPC_BT709;
-            (*par).sample_aspect_ratio = ffi::AVRational { num: 1, den: 1 };
-            let n = info.extradata.len();
-            let buf = ffi::av_mallocz(n + ffi::AV_INPUT_BUFFER_PADDING_SIZE as usize) as *mut u8;
-            if buf.is_null() {
-                return Err(unwritable("out of memory".into()));
-            }
-            std::ptr::copy_nonoverlapping(info.extradata.as_ptr(), buf, n);
-            (*par).extradata = buf;
-            (*par).extradata_size = n as i32;
-        }
-        let mut opts = Dictionary::new();
-        opts.set("movflags", "frag_keyframe+empty_moov+default_base_moof");
-        opts.set("frag_duration", "1000000");
-        opts.set("flush_packets", "1");
-        octx.write_header_with(opts).map_err(|e| match e {
-            ff::Error::Other { errno } if errno == libc::ENOSPC => OutputError::DiskFull {
-                path: path.to_path_buf(),
-            },
-            e => unwritable(e.to_string()),
-        })?;
-        let time_base = octx
-            .stream(0)
-            .map(|s| s.time_base())
-            .unwrap_or(Rational(1, TRACK_TIMESCALE));
         tracing::info!(path = %path.display(), "output_opened");
         Ok(Self {
             path: path.to_path_buf(),
-            octx,
-            time_base,
-            packets: 0,
-            bytes: 0,
-            first_dts_us: None,
+            muxer,
         })
-    }
-
-    fn io_error(&self) -> Option<OutputError> {
-        // SAFETY: pb is the open AVIOContext of our muxer.
-        let err = unsafe {
-            let pb = (*self.octx.as_ptr()).pb;
-            if pb.is_null() {
-                0
-            } else {
-                (*pb).error
-            }
-        };
-        (err < 0).then(|| ff_error(&self.path, ff::Error::from(err)))
     }
 }
 
@@ -148,38 +91,19 @@ impl Output for Mp4Output {
         self.path.display().to_string()
     }
 
-    fn write(&mut self, pkt: &EncodedPacket) -> Result<(), OutputError> {
-        let base = *self.first_dts_us.get_or_insert(pkt.dts_us);
-        let mut p = ff::Packet::copy(&pkt.data);
-        let us = Rational(1, 1_000_000);
-        let rescale = |t: i64| ff::rescale::Rescale::rescale(&(t - base), us, self.time_base);
-        p.set_pts(Some(rescale(pkt.pts_us)));
-        p.set_dts(Some(rescale(pkt.dts_us)));
-        p.set_duration(ff::rescale::Rescale::rescale(
-            &pkt.duration_us,
-            us,
-            self.time_base,
-        ));
-        p.set_stream(0);
-        if pkt.keyframe {
-            p.set_flags(ff::packet::Flags::KEY);
-        }
-        p.write_interleaved(&mut self.octx)
-            .map_err(|e| ff_error(&self.path, e))?;
-        if let Some(e) = self.io_error() {
-            return Err(e);
-        }
-        self.packets += 1;
-        self.bytes += pkt.data.len() as u64;
-        Ok(())
+    fn write(&mut self, pkt: &EncodedPacket) -> Result<Written, OutputError> {
+        self.muxer.write(pkt).map_err(|e| ff_error(&self.path, e))?;
+        Ok(Written::Sent)
     }
 
-    fn finish(mut self: Box<Self>, clean: bool) -> Result<OutputSummary, OutputError> {
+    fn finish(self: Box<Self>, clean: bool) -> Result<OutputSummary, OutputError> {
         let name = self.name();
-        if self.packets == 0 {
+        let Self { path, mut muxer } = *self;
+        let (packets, bytes) = (muxer.packets, muxer.bytes);
+        if packets == 0 {
             // Nothing was recorded: leave no empty file behind.
-            drop(self.octx);
-            let _ = std::fs::remove_file(&self.path);
+            drop(muxer);
+            let _ = std::fs::remove_file(&path);
             return Ok(OutputSummary {
                 name,
                 bytes: 0,
@@ -187,14 +111,8 @@ impl Output for Mp4Output {
                 warning: Some("no frames were recorded; file removed".into()),
             });
         }
-        self.octx
-            .write_trailer()
-            .map_err(|e| ff_error(&self.path, e))?;
-        if let Some(e) = self.io_error() {
-            return Err(e);
-        }
-        let (path, packets, bytes) = (self.path.clone(), self.packets, self.bytes);
-        drop(self.octx);
+        muxer.trailer().map_err(|e| ff_error(&path, e))?;
+        drop(muxer);
         let warning = if clean {
             match remux_faststart(&path) {
                 Ok(()) => None,

@@ -19,7 +19,7 @@ use crate::capture::{self, CaptureTime, SourceOptions, SourceSpec, VideoFrame, V
 use crate::convert::{even_crop, Converter};
 use crate::encode::{self, EncodedPacket, EncoderSettings, VideoEncoder, VideoStreamInfo};
 use crate::error::{Error, Result};
-use crate::output::{self, Output, OutputSpec, OutputSummary};
+use crate::output::{self, Output, OutputSpec, OutputSummary, RtmpOptions, Written};
 use clock::MediaClock;
 use queue::{FrameQueue, PacketQueue, Pop, PushOutcome};
 use stats::{OutputCounters, PipelineCounters, StatsSampler, StatsSnapshot};
@@ -36,9 +36,11 @@ pub struct PipelineConfig {
     pub outputs: Vec<OutputSpec>,
     /// Stop by itself after this much media time.
     pub duration: Option<Duration>,
-    /// Per-output queue budget.
-    pub output_queue_packets: usize,
-    pub output_queue_duration: Duration,
+    /// Queue budget of file outputs (network outputs use `rtmp.buffer_*`).
+    pub file_queue_packets: usize,
+    pub file_queue_duration: Duration,
+    /// Stream buffer and reconnection settings of RTMP outputs.
+    pub rtmp: RtmpOptions,
 }
 
 impl Default for PipelineConfig {
@@ -51,8 +53,9 @@ impl Default for PipelineConfig {
             encoder: EncoderSettings::default(),
             outputs: Vec::new(),
             duration: None,
-            output_queue_packets: 600,
-            output_queue_duration: Duration::from_secs(10),
+            file_queue_packets: 600,
+            file_queue_duration: Duration::from_secs(10),
+            rtmp: RtmpOptions::default(),
         }
     }
 }
@@ -110,13 +113,16 @@ impl Pipeline {
         );
         let encoder = encode::open_video_encoder(&cfg.encoder, w, h, cfg.fps)?;
         let info = encoder.info().clone();
+        // The clock starts before outputs connect (network outputs pace against it); capture
+        // stamps its first frame with the clock's time when it starts ticking.
+        let clock = MediaClock::new();
         let mut outputs = Vec::new();
         for spec in &cfg.outputs {
-            match output::open_output(spec, &info) {
-                Ok(o) => outputs.push(o),
+            match output::open_output(spec, &info, clock, &cfg.rtmp) {
+                Ok(o) => outputs.push((spec, o)),
                 Err(e) => {
                     // Undo the outputs already created so no empty files remain.
-                    for o in outputs {
+                    for (_, o) in outputs {
                         let _ = o.finish(false);
                     }
                     return Err(e.into());
@@ -124,7 +130,6 @@ impl Pipeline {
             }
         }
 
-        let clock = MediaClock::new();
         let stop = Arc::new(AtomicBool::new(false));
         let keyframe = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(PipelineCounters::default());
@@ -132,17 +137,16 @@ impl Pipeline {
 
         let mut out_counters = Vec::new();
         let mut output_threads = Vec::new();
-        for out in outputs {
-            let c = Arc::new(OutputCounters {
-                name: out.name(),
-                bytes: Default::default(),
-                packets: Default::default(),
-                queue: PacketQueue::new(cfg.output_queue_packets, cfg.output_queue_duration),
-                failed: AtomicBool::new(false),
-                finished: AtomicBool::new(false),
-            });
-            let c2 = c.clone();
-            output_threads.push(spawn("castline-output", move || run_output(out, &c2))?);
+        for (spec, out) in outputs {
+            let queue = match spec {
+                OutputSpec::Mp4(_) => {
+                    PacketQueue::new(cfg.file_queue_packets, cfg.file_queue_duration)
+                }
+                OutputSpec::Rtmp(_) => PacketQueue::new(cfg.rtmp.buffer_packets, cfg.rtmp.buffer),
+            };
+            let c = Arc::new(OutputCounters::new(out.name(), queue));
+            let (c2, kf) = (c.clone(), keyframe.clone());
+            output_threads.push(spawn("castline-output", move || run_output(out, &c2, &kf))?);
             out_counters.push(c);
         }
 
@@ -286,7 +290,8 @@ fn run_capture(
     stop: &AtomicBool,
     counters: &PipelineCounters,
 ) -> Result<()> {
-    let pts_of = |tick: u64| (tick as u128 * 1_000_000 / fps as u128) as i64;
+    let t0 = clock.now_us();
+    let pts_of = |tick: u64| t0 + (tick as u128 * 1_000_000 / fps as u128) as i64;
     let end_us = duration.map(|d| d.as_micros() as i64);
     let mut tick = 0u64;
     let mut last: Option<VideoFrame> = None;
@@ -296,7 +301,7 @@ fn run_capture(
             break Ok(());
         }
         let pts = pts_of(tick);
-        if end_us.is_some_and(|end| pts >= end) {
+        if end_us.is_some_and(|end| pts - t0 >= end) {
             break Ok(());
         }
         let due = clock.instant_at(pts);
@@ -445,24 +450,39 @@ fn fan_out(
 fn run_output(
     mut out: Box<dyn Output>,
     c: &OutputCounters,
+    keyframe: &AtomicBool,
 ) -> std::result::Result<OutputSummary, crate::error::OutputError> {
     let mut first = true;
     let mut failure = None;
     loop {
         match c.queue.pop_timeout(Duration::from_millis(200)) {
             Pop::Item(p) => {
-                if let Err(e) = out.write(&p) {
-                    tracing::error!(output = %c.name, error = %e, class = ?e.class(), "output_failed");
-                    c.failed.store(true, Ordering::SeqCst);
-                    failure = Some(e);
-                    break;
+                match out.write(&p) {
+                    Ok(Written::Sent) => {
+                        if first {
+                            first = false;
+                            tracing::info!(output = %c.name, "output_connected");
+                        }
+                        c.bytes.fetch_add(p.data.len() as u64, Ordering::Relaxed);
+                        c.packets.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Written::Skipped { want_keyframe }) => {
+                        c.skipped.fetch_add(1, Ordering::Relaxed);
+                        if want_keyframe && !keyframe.swap(true, Ordering::SeqCst) {
+                            tracing::info!(output = %c.name, reason = "output_restart", "keyframe_requested");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(output = %c.name, error = %e, kind = e.kind(), class = ?e.class(), "output_failed");
+                        *c.error.lock().unwrap_or_else(|p| p.into_inner()) = Some((&e).into());
+                        c.failed.store(true, Ordering::SeqCst);
+                        failure = Some(e);
+                        break;
+                    }
                 }
-                if first {
-                    first = false;
-                    tracing::info!(output = %c.name, "output_connected");
+                if let Some(link) = out.link() {
+                    *c.link.lock().unwrap_or_else(|p| p.into_inner()) = Some(link);
                 }
-                c.bytes.fetch_add(p.data.len() as u64, Ordering::Relaxed);
-                c.packets.fetch_add(1, Ordering::Relaxed);
             }
             Pop::Empty => continue,
             Pop::Closed => break,

@@ -305,6 +305,8 @@ mod tests {
             }
         );
         assert_eq!(q.push(pkt(5, true)), PushOutcome::Queued);
+        // Back to normal once there is room.
+        let _ = q.pop_timeout(Duration::from_millis(1));
         assert_eq!(q.push(pkt(6, false)), PushOutcome::Queued);
         assert_eq!(q.dropped(), 2);
     }

@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use super::queue::PacketQueue;
+use crate::error::ErrorReport;
+use crate::output::LinkReport;
 
 #[derive(Default)]
 pub struct PipelineCounters {
@@ -30,6 +32,7 @@ pub struct PipelineCounters {
 #[serde(rename_all = "snake_case")]
 pub enum OutputState {
     Running,
+    Reconnecting,
     Finished,
     Failed,
 }
@@ -39,16 +42,42 @@ pub struct OutputCounters {
     pub bytes: AtomicU64,
     pub packets: AtomicU64,
     pub queue: PacketQueue,
+    /// Packets the output itself did not send (disconnected, waiting for a keyframe).
+    pub skipped: AtomicU64,
     pub failed: AtomicBool,
     pub finished: AtomicBool,
+    pub link: Mutex<Option<LinkReport>>,
+    pub error: Mutex<Option<ErrorReport>>,
 }
 
 impl OutputCounters {
+    pub fn new(name: String, queue: PacketQueue) -> Self {
+        Self {
+            name,
+            bytes: AtomicU64::new(0),
+            packets: AtomicU64::new(0),
+            queue,
+            skipped: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
+            link: Mutex::new(None),
+            error: Mutex::new(None),
+        }
+    }
+
     pub fn state(&self) -> OutputState {
         if self.failed.load(Ordering::Relaxed) {
             OutputState::Failed
         } else if self.finished.load(Ordering::Relaxed) {
             OutputState::Finished
+        } else if self
+            .link
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|l| l.reconnecting)
+        {
+            OutputState::Reconnecting
         } else {
             OutputState::Running
         }
@@ -99,7 +128,12 @@ pub struct OutputSnapshot {
     pub bytes: u64,
     pub queue_depth: usize,
     pub buffered_ms: f64,
+    /// Packets dropped before sending: by the queue policy plus those skipped while
+    /// disconnected or waiting for a keyframe.
     pub dropped: u64,
+    pub reconnects: u32,
+    /// The last error of this output (fatal, or transient while it reconnects).
+    pub error: Option<ErrorReport>,
 }
 
 /// Turns counters into per-interval snapshots.
@@ -156,6 +190,7 @@ impl StatsSampler {
                 let b = o.bytes.load(Ordering::Relaxed);
                 let kbps = (b - *last) as f64 * 8.0 / 1000.0 / dt;
                 *last = b;
+                let link = o.link.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 OutputSnapshot {
                     name: o.name.clone(),
                     state: o.state(),
@@ -163,7 +198,14 @@ impl StatsSampler {
                     bytes: b,
                     queue_depth: o.queue.len(),
                     buffered_ms: round2(o.queue.buffered_us() as f64 / 1000.0),
-                    dropped: o.queue.dropped(),
+                    dropped: o.queue.dropped() + o.skipped.load(Ordering::Relaxed),
+                    reconnects: link.as_ref().map(|l| l.reconnects).unwrap_or(0),
+                    error: o
+                        .error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone()
+                        .or_else(|| link.and_then(|l| l.last_error)),
                 }
             })
             .collect::<Vec<_>>();
