@@ -6,6 +6,7 @@
 #
 #   bench/run.sh [SECONDS]          # default 20 s per run; writes bench/out/ and prints a table
 #   bench/run.sh 20 >> bench/RESULTS.md
+#   BENCH_ONLY=rtmp bench/run.sh    # only the streaming job
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -16,9 +17,29 @@ cargo build --release -q -p castline-cli
 CASTLINE=$PWD/target/release/castline
 TESTKIT=$PWD/target/release/castline-testkit
 
-XVFB_PID=""; CONTENT_PID=""
-cleanup() { kill $CONTENT_PID $XVFB_PID 2>/dev/null || true; wait 2>/dev/null || true; }
-trap cleanup EXIT
+XVFB_PID=""; CONTENT_PID=""; NGINX_PID=""
+cleanup() {
+  [ -n "$CONTENT_PID$XVFB_PID" ] || return 0
+  kill $CONTENT_PID $XVFB_PID 2>/dev/null || true
+  wait $CONTENT_PID $XVFB_PID 2>/dev/null || true
+  CONTENT_PID=""; XVFB_PID=""
+}
+trap 'cleanup; kill $NGINX_PID 2>/dev/null || true' EXIT
+
+# nginx-rtmp on loopback, recording every published stream so frames can be counted.
+RTMP_PORT=$((20000 + RANDOM % 20000))
+NGINX_DIR=$PWD/$OUT/nginx
+mkdir -p "$NGINX_DIR/rec"
+cat >"$NGINX_DIR/nginx.conf" <<CONF
+load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;
+daemon off; master_process off; pid $NGINX_DIR/nginx.pid; error_log $NGINX_DIR/error.log;
+events { worker_connections 64; }
+rtmp { server { listen 127.0.0.1:$RTMP_PORT; access_log off;
+  application live { live on; record video; record_path $NGINX_DIR/rec; record_unique off; } } }
+CONF
+nginx -p "$NGINX_DIR" -e "$NGINX_DIR/error.log" -c "$NGINX_DIR/nginx.conf" &
+NGINX_PID=$!
+sleep 1
 
 start_display() { # WIDTH HEIGHT CONTENT_ARGS...
   cleanup
@@ -39,6 +60,7 @@ measure() { # NAME FILE CMD... → "cpu_s rss_mb fps"
   rm -f "$file"
   /usr/bin/time -f "%U %S %M %e" -o "$OUT/$name.time" "$@" >"$OUT/$name.log" 2>&1 || true
   read -r u s m e <"$OUT/$name.time" || true
+  sleep 1 # let nginx close its recording
   local frames; frames=$(frames_of "$file")
   awk -v u="$u" -v s="$s" -v m="$m" -v f="$frames" -v secs="$SECS" \
     'BEGIN { printf "%.2f %.0f %.1f", u + s, m / 1024, f / secs }'
@@ -60,6 +82,11 @@ row() { # JOB W H FPS PRESET CONTENT...
       ! "video/x-raw,framerate=$fps/1" ! videoconvert ! video/x-raw,format=I420 \
       ! x264enc speed-preset="$preset" tune=zerolatency bitrate=5000 ! mp4mux \
       ! filesink location="$OUT/$job-gstreamer.mp4")
+  report "$job" "$c" "$f" "$g"
+}
+
+report() { # JOB "cpu rss fps" x3 (castline, ffmpeg, GStreamer)
+  local job=$1 c=$2 f=$3 g=$4
   read -r cc cr cf <<<"$c"; read -r fc fr ff <<<"$f"; read -r gc gr gf <<<"$g"
   awk -v job="$job" -v cc="$cc" -v cr="$cr" -v cf="$cf" -v fc="$fc" -v fr="$fr" -v ff="$ff" \
       -v gc="$gc" -v gr="$gr" -v gf="$gf" 'BEGIN {
@@ -77,10 +104,33 @@ echo "CPU seconds (user+sys of the capturing process) / achieved fps (frames in 
 echo
 echo "| job | castline | ffmpeg | GStreamer | CPU vs ffmpeg | CPU vs GStreamer | RSS vs GStreamer |"
 echo "|---|---|---|---|---|---|---|"
-row "1080p30-veryfast" 1920 1080 30 veryfast --fps 60
-row "1080p30-ultrafast" 1920 1080 30 ultrafast --fps 60
-row "1440p60-ultrafast" 2560 1440 60 ultrafast --fps 60
-row "1080p30-static" 1920 1080 30 veryfast --static
+if [ "${BENCH_ONLY:-}" != rtmp ]; then
+  row "1080p30-veryfast" 1920 1080 30 veryfast --fps 60
+  row "1080p30-ultrafast" 1920 1080 30 ultrafast --fps 60
+  row "1440p60-ultrafast" 2560 1440 60 ultrafast --fps 60
+  row "1080p30-static" 1920 1080 30 veryfast --static
+fi
+row_rtmp() { # JOB W H FPS PRESET CONTENT... : the same capture, streamed to nginx-rtmp
+  local job=$1 w=$2 h=$3 fps=$4 preset=$5; shift 5
+  start_display "$w" "$h" "$@"
+  local n=$((fps * SECS)) url="rtmp://127.0.0.1:$RTMP_PORT/live"
+  local c f g
+  c=$(measure "$job-castline" "$NGINX_DIR/rec/c.flv" "$CASTLINE" stream "$url/c" \
+      --fps "$fps" --preset "$preset" --bitrate 5M --duration "$SECS" --no-cursor --stats off --encoder x264)
+  f=$(measure "$job-ffmpeg" "$NGINX_DIR/rec/f.flv" ffmpeg -nostdin -y -loglevel error \
+      -f x11grab -framerate "$fps" -video_size "${w}x${h}" -draw_mouse 0 -i "$DISPLAY" -t "$SECS" \
+      -c:v libx264 -preset "$preset" -tune zerolatency -b:v 5M -maxrate 5M -bufsize 5M \
+      -pix_fmt yuv420p -fps_mode passthrough -f flv "$url/f")
+  g=$(measure "$job-gstreamer" "$NGINX_DIR/rec/g.flv" timeout -s INT $((SECS * 3)) gst-launch-1.0 -q -e \
+      ximagesrc use-damage=false show-pointer=false num-buffers="$n" \
+      ! "video/x-raw,framerate=$fps/1" ! videoconvert ! video/x-raw,format=I420 \
+      ! x264enc speed-preset="$preset" tune=zerolatency bitrate=5000 ! h264parse \
+      ! flvmux streamable=true ! rtmp2sink location="$url/g")
+  report "$job" "$c" "$f" "$g"
+}
+
+echo
+row_rtmp "1080p30-veryfast-rtmp" 1920 1080 30 veryfast --fps 60
 echo
 echo "Conversion micro-benchmark:"
 echo

@@ -8,10 +8,10 @@ PKGS=(
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev
   libavfilter-dev libavdevice-dev
   # tests: a real X server, ffprobe/ffmpeg to read results back, nginx-rtmp as RTMP server
-  xvfb ffmpeg nginx libnginx-mod-rtmp
+  xvfb ffmpeg nginx libnginx-mod-rtmp libnginx-mod-stream openssl
   # benchmark: the tools users run today, and /usr/bin/time for CPU and RSS
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-  gstreamer1.0-plugins-ugly gstreamer1.0-x time
+  gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad gstreamer1.0-x time
 )
 
 SUDO=""

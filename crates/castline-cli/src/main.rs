@@ -134,6 +134,12 @@ struct NetworkArgs {
     /// Attempts before giving up (0: never reconnect).
     #[arg(long, default_value_t = 20)]
     reconnect_tries: u32,
+    /// rtmps://: trust this CA certificate (PEM) instead of the system store.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// rtmps://: do not verify the server certificate (the stream key could be intercepted).
+    #[arg(long)]
+    insecure_tls: bool,
 }
 
 impl NetworkArgs {
@@ -145,6 +151,8 @@ impl NetworkArgs {
             reconnect_multiplier: self.reconnect_multiplier,
             reconnect_max_delay: Duration::from_secs_f64(self.reconnect_max_delay),
             reconnect_tries: self.reconnect_tries,
+            tls_verify: !self.insecure_tls,
+            tls_ca_file: self.ca_file.clone(),
             ..RtmpOptions::default()
         }
     }

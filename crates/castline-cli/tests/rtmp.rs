@@ -444,3 +444,49 @@ fn a_stream_that_stays_down_gives_up_while_the_recording_finishes() {
         p.frames
     );
 }
+
+#[test]
+fn rtmps_verifies_the_server_certificate() {
+    let nginx = Nginx::start_with_tls();
+    let rtmps = format!("rtmps://127.0.0.1:{}/live/{KEY}", nginx.tls_port.unwrap());
+    // Not trusted by the system store: refused, classified, fast, key hidden.
+    let t0 = Instant::now();
+    let out = run(castline().args(["stream", &rtmps, "--source", "testsrc", "--duration", "3"]));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("TLS handshake"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert_key_hidden(&err);
+    // Trusted through --ca-file: streams over TLS, and nginx serves it decodable.
+    let child = castline()
+        .args([
+            "stream",
+            &rtmps,
+            "--source",
+            "testsrc",
+            "--size",
+            "640x360",
+            "--duration",
+            "10",
+            "--stats",
+            "off",
+        ])
+        .arg("--ca-file")
+        .arg(nginx.dir.join("cert.pem"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let flv = tmpdir("rtmps").join("read.flv");
+    let mut reader = rtmp_reader(&nginx.url("live", KEY), 3, &flv);
+    wait_proc(&mut reader, Duration::from_secs(15));
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_key_hidden(&stderr(&out));
+    let (frames, errors) = decode_check(&flv);
+    assert!(
+        errors.is_empty() && frames >= 80,
+        "{frames} frames, {errors}"
+    );
+}

@@ -267,7 +267,9 @@ pub fn kill(child: &Child, sig: i32) {
 /// nginx with the RTMP module on a free loopback port; restartable on the same port.
 pub struct Nginx {
     pub port: u16,
-    dir: PathBuf,
+    /// rtmps:// port: TLS terminated by nginx's stream module in front of the RTMP port.
+    pub tls_port: Option<u16>,
+    pub dir: PathBuf,
     proc: Option<Proc>,
 }
 
@@ -287,6 +289,45 @@ impl Nginx {
         ));
         let mut n = Nginx {
             port: free_port(),
+            tls_port: None,
+            dir,
+            proc: None,
+        };
+        n.restart();
+        n
+    }
+
+    /// Also serve rtmps:// with a self-signed certificate for 127.0.0.1 (`cert.pem` in `dir`).
+    pub fn start_with_tls() -> Nginx {
+        let dir = tmpdir(&format!(
+            "nginx-{}",
+            NEXT_DISPLAY.fetch_add(1, Ordering::SeqCst)
+        ));
+        let ok = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=127.0.0.1",
+            ])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+            .arg(dir.join("key.pem"))
+            .arg("-out")
+            .arg(dir.join("cert.pem"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "openssl could not make a test certificate");
+        let mut n = Nginx {
+            port: free_port(),
+            tls_port: Some(free_port()),
             dir,
             proc: None,
         };
@@ -297,13 +338,23 @@ impl Nginx {
     /// (Re)start on the same port. App `live` accepts publishers; app `closed` denies publishing.
     pub fn restart(&mut self) {
         self.stop();
+        let tls = match self.tls_port {
+            Some(p) => format!(
+                "stream {{ server {{ listen 127.0.0.1:{p} ssl; ssl_certificate {dir}/cert.pem;\n\
+                 ssl_certificate_key {dir}/key.pem; proxy_pass 127.0.0.1:{port}; }} }}\n",
+                dir = self.dir.display(),
+                port = self.port
+            ),
+            None => String::new(),
+        };
         let conf = format!(
             "load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;\n\
+             load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
              daemon off; master_process off; pid {dir}/nginx.pid; error_log {dir}/error.log;\n\
              events {{ worker_connections 64; }}\n\
              rtmp {{ server {{ listen 127.0.0.1:{port}; access_log off;\n\
                application live {{ live on; }}\n\
-               application closed {{ live on; deny publish all; }} }} }}\n",
+               application closed {{ live on; deny publish all; }} }} }}\n{tls}",
             dir = self.dir.display(),
             port = self.port
         );

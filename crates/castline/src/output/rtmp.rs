@@ -40,6 +40,10 @@ pub struct RtmpOptions {
     pub connect_timeout: Duration,
     /// A write that makes no progress for this long is a stall.
     pub stall_timeout: Duration,
+    /// rtmps://: verify the server certificate (system trust store, or `tls_ca_file`).
+    /// FFmpeg does not verify by default; castline does, since the stream key crosses this link.
+    pub tls_verify: bool,
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for RtmpOptions {
@@ -53,6 +57,8 @@ impl Default for RtmpOptions {
             reconnect_tries: 20,
             connect_timeout: Duration::from_secs(5),
             stall_timeout: Duration::from_secs(5),
+            tls_verify: true,
+            tls_ca_file: None,
         }
     }
 }
@@ -60,6 +66,7 @@ impl Default for RtmpOptions {
 /// A parsed rtmp:// or rtmps:// URL.
 #[derive(Debug, Clone)]
 pub struct RtmpTarget {
+    pub tls: bool,
     pub host: String,
     pub port: u16,
     pub app: String,
@@ -112,6 +119,7 @@ impl RtmpTarget {
             return Err(invalid("missing stream key (rtmp://HOST/APP/KEY)"));
         }
         Ok(Self {
+            tls: default_port == 443,
             host,
             port,
             app: app.into(),
@@ -253,6 +261,12 @@ impl RtmpOutput {
         let sndbuf = (self.info.bitrate / 8 / 4).clamp(32 * 1024, 4 * 1024 * 1024);
         io_opts.set("send_buffer_size", &sndbuf.to_string());
         io_opts.set("tcp_nodelay", "1");
+        if t.tls {
+            io_opts.set("tls_verify", if self.opts.tls_verify { "1" } else { "0" });
+            if let Some(ca) = &self.opts.tls_ca_file {
+                io_opts.set("ca_file", &ca.to_string_lossy());
+            }
+        }
         let mut mux_opts = Dictionary::new();
         // Live: there is no file to seek back into for duration/size.
         mux_opts.set("flvflags", "no_duration_filesize");
@@ -274,7 +288,11 @@ impl RtmpOutput {
             // FFmpeg's RTMP client reports server refusals without detail; never echo the URL.
             e => OutputError::Rejected {
                 url,
-                reason: e.to_string(),
+                reason: if t.tls {
+                    format!("TLS handshake (certificate not trusted?) or publish failed: {e}")
+                } else {
+                    e.to_string()
+                },
             },
         })
     }
