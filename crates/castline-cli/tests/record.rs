@@ -382,3 +382,100 @@ fn auto_encoder_falls_back_to_x264_and_explicit_hardware_fails_clearly() {
         );
     }
 }
+
+#[test]
+fn cursor_is_composited_unless_disabled() {
+    let x = Xvfb::start(640, 480);
+    let (_win, _) = x.window(&[
+        "--title", "bg", "--size", "640x480", "--color", "00ff00", "--at", "0,0",
+    ]);
+    let moved = std::process::Command::new(TESTKIT)
+        .args(["pointer", "100", "300"])
+        .env("DISPLAY", &x.display)
+        .status()
+        .unwrap();
+    assert!(moved.success());
+    let dir = tmpdir("cursor");
+    // Non-green pixels in the 16x16 area below-right of the pointer's hot spot.
+    let cursor_pixels = |file: &std::path::Path| -> usize {
+        let (rgb, _) = decode(file, "rgb24");
+        let frame = &rgb[..640 * 480 * 3];
+        let mut n = 0;
+        for y in 292..312 {
+            for x in 92..112 {
+                let i = (y * 640 + x) * 3;
+                let (r, g, b) = (frame[i], frame[i + 1], frame[i + 2]);
+                if !(g > 200 && r < 60 && b < 60) {
+                    n += 1;
+                }
+            }
+        }
+        n
+    };
+    let with = dir.join("with.mp4");
+    let out = run(x.castline().arg("record").arg(&with).args([
+        "--duration",
+        "1",
+        "--stats",
+        "off",
+        "--bitrate",
+        "4M",
+    ]));
+    assert!(out.status.success());
+    let without = dir.join("without.mp4");
+    let out = run(x.castline().arg("record").arg(&without).args([
+        "--duration",
+        "1",
+        "--stats",
+        "off",
+        "--bitrate",
+        "4M",
+        "--no-cursor",
+    ]));
+    assert!(out.status.success());
+    let (a, b) = (cursor_pixels(&with), cursor_pixels(&without));
+    assert!(a >= 20, "only {a} cursor pixels around the pointer");
+    assert!(b <= 2, "{b} non-background pixels with --no-cursor");
+}
+
+#[test]
+fn keyframes_follow_the_keyframe_interval() {
+    let dir = tmpdir("keyint");
+    let file = dir.join("keyint.mp4");
+    let out = run(castline().arg("record").arg(&file).args([
+        "--source",
+        "testsrc",
+        "--size",
+        "320x240",
+        "--duration",
+        "4",
+        "--keyint",
+        "1",
+        "--stats",
+        "off",
+    ]));
+    assert!(out.status.success());
+    let probe = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "packet=pts_time,flags",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let keys: Vec<f64> = String::from_utf8_lossy(&probe.stdout)
+        .lines()
+        .filter(|l| l.contains('K'))
+        .filter_map(|l| l.split(',').next()?.parse().ok())
+        .collect();
+    assert_eq!(keys.len(), 4, "keyframes at {keys:?}");
+    for (i, k) in keys.iter().enumerate() {
+        assert!((k - i as f64).abs() < 0.02, "keyframes at {keys:?}");
+    }
+}

@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -30,27 +29,21 @@ fn stream_decodes_from_nginx_with_matching_codec_size_and_rate() {
     let nginx = Nginx::start();
     let url = nginx.url("live", KEY);
     let dir = tmpdir("rtmp-basic");
-    let child = castline()
-        .args([
-            "stream",
-            &url,
-            "--source",
-            "testsrc",
-            "--size",
-            "640x360",
-            "--duration",
-            "10",
-            "--stats",
-            "json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_castline(castline().args([
+        "stream",
+        &url,
+        "--source",
+        "testsrc",
+        "--size",
+        "640x360",
+        "--duration",
+        "10",
+        "--stats",
+        "json",
+    ]));
     std::thread::sleep(Duration::from_secs(2));
     let flv = dir.join("read.flv");
-    let mut reader = rtmp_reader(&url, 5, &flv);
-    wait_proc(&mut reader, Duration::from_secs(15));
+    read_live(&url, 5, &flv);
     let out = child.wait_with_output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), stderr(&out));
     assert!(out.status.success(), "{stderr}");
@@ -95,27 +88,19 @@ fn stream_and_record_at_once() {
     let url = nginx.url("live", KEY);
     let dir = tmpdir("rtmp-record");
     let rec = dir.join("rec.mp4");
-    let child = castline()
-        .args(["stream", &url, "-o"])
-        .arg(&rec)
-        .args([
-            "--source",
-            "testsrc",
-            "--size",
-            "640x360",
-            "--duration",
-            "12",
-            "--stats",
-            "off",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_castline(castline().args(["stream", &url, "-o"]).arg(&rec).args([
+        "--source",
+        "testsrc",
+        "--size",
+        "640x360",
+        "--duration",
+        "12",
+        "--stats",
+        "off",
+    ]));
     std::thread::sleep(Duration::from_secs(2));
     let flv = dir.join("read.flv");
-    let mut reader = rtmp_reader(&url, 3, &flv);
-    wait_proc(&mut reader, Duration::from_secs(15));
+    read_live(&url, 3, &flv);
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let p = probe(&rec);
@@ -161,31 +146,29 @@ fn reconnects_after_server_restart_while_recording_continues() {
     let url = nginx.url("live", KEY);
     let dir = tmpdir("rtmp-reconnect");
     let rec = dir.join("rec.mp4");
-    let child = castline()
-        .args(["stream", &url, "-o"])
-        .arg(&rec)
-        .args([
-            "--source",
-            "testsrc",
-            "--size",
-            "640x360",
-            "--duration",
-            "22",
-            "--stats",
-            "json",
-        ])
-        .args([
-            "--reconnect-delay",
-            "1",
-            "--reconnect-multiplier",
-            "1.5",
-            "--reconnect-max-delay",
-            "2",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_castline(
+        castline()
+            .args(["stream", &url, "-o"])
+            .arg(&rec)
+            .args([
+                "--source",
+                "testsrc",
+                "--size",
+                "640x360",
+                "--duration",
+                "22",
+                "--stats",
+                "json",
+            ])
+            .args([
+                "--reconnect-delay",
+                "1",
+                "--reconnect-multiplier",
+                "1.5",
+                "--reconnect-max-delay",
+                "2",
+            ]),
+    );
     std::thread::sleep(Duration::from_secs(4));
     nginx.stop();
     std::thread::sleep(Duration::from_secs(5));
@@ -193,8 +176,7 @@ fn reconnects_after_server_restart_while_recording_continues() {
     let back = now_of_day();
     std::thread::sleep(Duration::from_secs(3));
     let flv = dir.join("after.flv");
-    let mut reader = rtmp_reader(&url, 3, &flv);
-    wait_proc(&mut reader, Duration::from_secs(15));
+    read_live(&url, 3, &flv);
     let out = child.wait_with_output().unwrap();
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
@@ -271,24 +253,22 @@ fn throttled_link_drops_to_keyframes_within_the_buffer_and_recovers() {
     let via_relay = format!("rtmp://127.0.0.1:{}/live/{KEY}", relay.port);
     let direct = nginx.url("live", KEY);
     let dir = tmpdir("rtmp-throttle");
-    let child = castline()
-        .args([
-            "stream",
-            &via_relay,
-            "--source",
-            "testsrc",
-            "--size",
-            "1280x720",
-            "--bitrate",
-            "2M",
-            "--keyint",
-            "1",
-        ])
-        .args(["--duration", "24", "--stats", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_castline(
+        castline()
+            .args([
+                "stream",
+                &via_relay,
+                "--source",
+                "testsrc",
+                "--size",
+                "1280x720",
+                "--bitrate",
+                "2M",
+                "--keyint",
+                "1",
+            ])
+            .args(["--duration", "24", "--stats", "json"]),
+    );
     std::thread::sleep(Duration::from_secs(2));
     // Everything nginx receives, from before the throttle to after it is lifted.
     let flv = dir.join("all.flv");
@@ -400,31 +380,29 @@ fn a_stream_that_stays_down_gives_up_while_the_recording_finishes() {
     let url = nginx.url("live", KEY);
     let dir = tmpdir("rtmp-giveup");
     let rec = dir.join("rec.mp4");
-    let child = castline()
-        .args(["stream", &url, "-o"])
-        .arg(&rec)
-        .args([
-            "--source",
-            "testsrc",
-            "--size",
-            "320x240",
-            "--duration",
-            "8",
-            "--stats",
-            "off",
-        ])
-        .args([
-            "--reconnect-delay",
-            "0.5",
-            "--reconnect-multiplier",
-            "1",
-            "--reconnect-tries",
-            "3",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_castline(
+        castline()
+            .args(["stream", &url, "-o"])
+            .arg(&rec)
+            .args([
+                "--source",
+                "testsrc",
+                "--size",
+                "320x240",
+                "--duration",
+                "8",
+                "--stats",
+                "off",
+            ])
+            .args([
+                "--reconnect-delay",
+                "0.5",
+                "--reconnect-multiplier",
+                "1",
+                "--reconnect-tries",
+                "3",
+            ]),
+    );
     std::thread::sleep(Duration::from_secs(2));
     nginx.stop();
     let out = child.wait_with_output().unwrap();
@@ -458,29 +436,26 @@ fn rtmps_verifies_the_server_certificate() {
     assert!(t0.elapsed() < Duration::from_secs(5));
     assert_key_hidden(&err);
     // Trusted through --ca-file: streams over TLS, and nginx serves it decodable.
-    let child = castline()
-        .args([
-            "stream",
-            &rtmps,
-            "--source",
-            "testsrc",
-            "--size",
-            "640x360",
-            "--duration",
-            "10",
-            "--stats",
-            "off",
-        ])
-        .arg("--ca-file")
-        .arg(nginx.dir.join("cert.pem"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_castline(
+        castline()
+            .args([
+                "stream",
+                &rtmps,
+                "--source",
+                "testsrc",
+                "--size",
+                "640x360",
+                "--duration",
+                "10",
+                "--stats",
+                "off",
+            ])
+            .arg("--ca-file")
+            .arg(nginx.dir.join("cert.pem")),
+    );
     std::thread::sleep(Duration::from_secs(2));
     let flv = tmpdir("rtmps").join("read.flv");
-    let mut reader = rtmp_reader(&nginx.url("live", KEY), 3, &flv);
-    wait_proc(&mut reader, Duration::from_secs(15));
+    read_live(&nginx.url("live", KEY), 3, &flv);
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_key_hidden(&stderr(&out));
@@ -489,4 +464,58 @@ fn rtmps_verifies_the_server_certificate() {
         errors.is_empty() && frames >= 80,
         "{frames} frames, {errors}"
     );
+}
+
+#[test]
+fn a_stalled_link_is_reported_as_a_stall_and_recovers() {
+    let nginx = Nginx::start();
+    let relay = SlowRelay::start(nginx.port);
+    let url = format!("rtmp://127.0.0.1:{}/live/{KEY}", relay.port);
+    let child = spawn_castline(
+        castline()
+            .args([
+                "stream",
+                &url,
+                "--source",
+                "testsrc",
+                "--size",
+                "1280x720",
+                "--bitrate",
+                "2M",
+            ])
+            .args([
+                "--duration",
+                "30",
+                "--stats",
+                "json",
+                "--reconnect-delay",
+                "1",
+                "--reconnect-max-delay",
+                "1",
+            ]),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    // The server stops reading: 1 byte per second is a stall, not a slow link.
+    relay.rate.store(1, std::sync::atomic::Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(12));
+    relay.rate.store(0, std::sync::atomic::Ordering::SeqCst);
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert_key_hidden(&err);
+    assert!(
+        err.lines()
+            .any(|l| l.contains("reconnecting") && l.contains("network_stall")),
+        "{err}"
+    );
+    let stats = json_stats(&err);
+    assert!(
+        stats
+            .iter()
+            .any(|s| s["outputs"][0]["error"]["kind"] == "network_stall"),
+        "no network_stall in stats"
+    );
+    let last = &stats.last().unwrap()["outputs"][0];
+    assert_eq!(last["state"], "running", "{last}");
+    assert!(last["reconnects"].as_u64().unwrap() >= 1, "{last}");
 }

@@ -7,7 +7,9 @@
 //!   a window filled with one colour and a white cross, with _NET_WM_PID and a title; prints its id
 //!   (hex) on stdout once mapped.
 //!
-//! Both run until killed.
+//! * `pointer X Y`: move the pointer to (X, Y) on the root window and exit.
+//!
+//! `content` and `window` run until killed.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -36,7 +38,16 @@ fn main() -> Res<()> {
     match args.get(1).map(|s| s.as_str()) {
         Some("content") => content(&args),
         Some("window") => window(&args),
-        _ => Err("usage: castline-testkit content|window [options]".into()),
+        Some("pointer") => {
+            let x: i16 = args.get(2).ok_or("X")?.parse()?;
+            let y: i16 = args.get(3).ok_or("Y")?.parse()?;
+            let (conn, n) = x11rb::connect(None)?;
+            let root = conn.setup().roots[n].root;
+            conn.warp_pointer(x11rb::NONE, root, 0, 0, 0, 0, x, y)?;
+            conn.sync()?;
+            Ok(())
+        }
+        _ => Err("usage: castline-testkit content|window|pointer [options]".into()),
     }
 }
 

@@ -431,9 +431,15 @@ impl SlowRelay {
                         if n == 0 || s_out.write_all(&buf[..n]).is_err() {
                             break;
                         }
-                        let rate = r.load(Ordering::Relaxed);
-                        if rate > 0 {
-                            std::thread::sleep(Duration::from_secs_f64(n as f64 / rate as f64));
+                        // Hold the chunk for n/rate seconds, in small steps so lifting the
+                        // throttle takes effect at once.
+                        let t0 = Instant::now();
+                        loop {
+                            let rate = r.load(Ordering::Relaxed);
+                            if rate == 0 || t0.elapsed().as_secs_f64() >= n as f64 / rate as f64 {
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(20));
                         }
                     }
                     let _ = s_out.shutdown(std::net::Shutdown::Both);
@@ -469,6 +475,20 @@ pub fn rtmp_reader(url: &str, secs: u32, file: &Path) -> Proc {
         .spawn()
         .unwrap();
     Proc(child)
+}
+
+/// Read `secs` seconds of a live RTMP stream into `file`, waiting (≤ 15 s) for the reader to end.
+pub fn read_live(url: &str, secs: u32, file: &Path) {
+    let mut reader = rtmp_reader(url, secs, file);
+    wait_proc(&mut reader, Duration::from_secs(15));
+}
+
+/// castline in the background with stdout and stderr captured.
+pub fn spawn_castline(cmd: &mut Command) -> Child {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 /// Wait for a background process to end by itself.

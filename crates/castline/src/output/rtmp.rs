@@ -7,7 +7,8 @@
 //! that stops reading is reported as `network_stall` instead of hanging the sender.
 //!
 //! The first connection is made when the output is opened and a failure is returned at once.
-//! Once live, a transient failure starts reconnection with exponential backoff; packets that
+//! Once live, a transient failure starts reconnection with exponential backoff (a publish
+//! rejection is retried then as well: servers often still hold the dead session for a while); packets that
 //! arrive while down are skipped (counted), and a new session starts on a keyframe with fresh
 //! FLV headers. The sender never sends a packet before its DTS on the pipeline clock.
 
@@ -173,6 +174,8 @@ pub struct RtmpOutput {
     session: Option<Muxer>,
     down: Option<Down>,
     waiting_for_keyframe: bool,
+    /// Whether this session already asked the encoder for its starting keyframe.
+    keyframe_asked: bool,
     reconnects: u32,
     last_error: Option<OutputError>,
     packets: u64,
@@ -198,6 +201,7 @@ impl RtmpOutput {
             session: None,
             down: None,
             waiting_for_keyframe: true,
+            keyframe_asked: false,
             reconnects: 0,
             last_error: None,
             packets: 0,
@@ -352,6 +356,7 @@ impl RtmpOutput {
                 self.down = None;
                 self.reconnects += 1;
                 self.waiting_for_keyframe = true;
+                self.keyframe_asked = false;
                 tracing::info!(
                     output = %self.target.redacted,
                     attempt,
@@ -360,7 +365,13 @@ impl RtmpOutput {
                 );
                 Ok(true)
             }
-            Err(e) if e.class() == ErrorClass::Transient && attempt < self.opts.reconnect_tries => {
+            // A rejection while reconnecting is retried too: the key was accepted before, and the
+            // server may still hold the previous (dead) session as the active publisher.
+            Err(e)
+                if (e.class() == ErrorClass::Transient
+                    || matches!(e, OutputError::Rejected { .. }))
+                    && attempt < self.opts.reconnect_tries =>
+            {
                 let delay = self.backoff(attempt);
                 tracing::warn!(
                     output = %self.target.redacted,
@@ -404,10 +415,9 @@ impl Output for RtmpOutput {
         }
         if self.waiting_for_keyframe {
             if !pkt.keyframe {
-                // A fresh session must start on a keyframe: ask for one right away.
-                return Ok(Written::Skipped {
-                    want_keyframe: true,
-                });
+                // A fresh session must start on a keyframe: ask for one, once.
+                let want_keyframe = !std::mem::replace(&mut self.keyframe_asked, true);
+                return Ok(Written::Skipped { want_keyframe });
             }
             self.waiting_for_keyframe = false;
         }
