@@ -53,6 +53,11 @@ pub trait Output: Send {
     fn link(&self) -> Option<LinkReport> {
         None
     }
+    /// False while a network output's first session is not yet confirmed by the server; a
+    /// failure then means the run never really started, and the pipeline stops.
+    fn started(&self) -> bool {
+        true
+    }
 }
 
 /// Where to send the stream: parsed from a CLI argument.

@@ -158,6 +158,9 @@ pub fn redact_url(url: &str) -> String {
     out
 }
 
+/// How long a session must carry data before a failure counts as a lost link (see `confirmed`).
+const CONFIRM_AFTER: Duration = Duration::from_secs(2);
+
 struct Down {
     attempt: u32,
     next_try: Instant,
@@ -176,6 +179,11 @@ pub struct RtmpOutput {
     waiting_for_keyframe: bool,
     /// Whether this session already asked the encoder for its starting keyframe.
     keyframe_asked: bool,
+    session_opened: Instant,
+    /// Set once the first session has carried data for `CONFIRM_AFTER`: FFmpeg's client returns
+    /// from connecting after *sending* publish, so a server's refusal can arrive on the first
+    /// writes. A first session that dies before this is a rejected publish, not a lost link.
+    confirmed: bool,
     reconnects: u32,
     last_error: Option<OutputError>,
     packets: u64,
@@ -202,12 +210,15 @@ impl RtmpOutput {
             down: None,
             waiting_for_keyframe: true,
             keyframe_asked: false,
+            session_opened: Instant::now(),
+            confirmed: false,
             reconnects: 0,
             last_error: None,
             packets: 0,
             bytes: 0,
         };
         out.session = Some(out.open_session()?);
+        out.session_opened = Instant::now();
         tracing::info!(url = %out.target.redacted, "output_opened");
         Ok(out)
     }
@@ -353,6 +364,7 @@ impl RtmpOutput {
         match self.open_session() {
             Ok(m) => {
                 self.session = Some(m);
+                self.session_opened = Instant::now();
                 self.down = None;
                 self.reconnects += 1;
                 self.waiting_for_keyframe = true;
@@ -438,7 +450,19 @@ impl Output for RtmpOutput {
             Ok(()) => {
                 self.packets += 1;
                 self.bytes += pkt.data.len() as u64;
+                if !self.confirmed && self.session_opened.elapsed() >= CONFIRM_AFTER {
+                    self.confirmed = true;
+                }
                 Ok(Written::Sent)
+            }
+            Err(e) if !self.confirmed => {
+                // The server took the connection but ended the first session at once: a refused
+                // publish (wrong app or key, or already publishing). Reported, never retried.
+                self.session = None;
+                Err(OutputError::Rejected {
+                    url: self.target.redacted.clone(),
+                    reason: format!("the server closed the session right after publish ({e})"),
+                })
             }
             Err(e) => {
                 let err = self.classify_write_error(e);
@@ -468,6 +492,10 @@ impl Output for RtmpOutput {
             warning: (self.reconnects > 0)
                 .then(|| format!("reconnected {} time(s)", self.reconnects)),
         })
+    }
+
+    fn started(&self) -> bool {
+        self.confirmed
     }
 
     fn link(&self) -> Option<LinkReport> {

@@ -145,8 +145,10 @@ impl Pipeline {
                 OutputSpec::Rtmp(_) => PacketQueue::new(cfg.rtmp.buffer_packets, cfg.rtmp.buffer),
             };
             let c = Arc::new(OutputCounters::new(out.name(), queue));
-            let (c2, kf) = (c.clone(), keyframe.clone());
-            output_threads.push(spawn("castline-output", move || run_output(out, &c2, &kf))?);
+            let (c2, kf, stop2) = (c.clone(), keyframe.clone(), stop.clone());
+            output_threads.push(spawn("castline-output", move || {
+                run_output(out, &c2, &kf, &stop2)
+            })?);
             out_counters.push(c);
         }
 
@@ -451,6 +453,7 @@ fn run_output(
     mut out: Box<dyn Output>,
     c: &OutputCounters,
     keyframe: &AtomicBool,
+    stop: &AtomicBool,
 ) -> std::result::Result<OutputSummary, crate::error::OutputError> {
     let mut first = true;
     let mut failure = None;
@@ -476,6 +479,10 @@ fn run_output(
                         tracing::error!(output = %c.name, error = %e, kind = e.kind(), class = ?e.class(), "output_failed");
                         *c.error.lock().unwrap_or_else(|p| p.into_inner()) = Some((&e).into());
                         c.failed.store(true, Ordering::SeqCst);
+                        if !out.started() {
+                            // Same as failing to open: the run never really started.
+                            stop.store(true, Ordering::SeqCst);
+                        }
                         failure = Some(e);
                         break;
                     }
