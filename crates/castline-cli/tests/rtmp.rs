@@ -403,7 +403,8 @@ fn a_stream_that_stays_down_gives_up_while_the_recording_finishes() {
                 "3",
             ]),
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // Past the first session's confirmation window: this is a lost link, not a rejection.
+    std::thread::sleep(Duration::from_secs(3));
     nginx.stop();
     let out = child.wait_with_output().unwrap();
     let err = stderr(&out);

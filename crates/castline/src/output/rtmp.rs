@@ -159,7 +159,7 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// How long a session must carry data before a failure counts as a lost link (see `confirmed`).
-const CONFIRM_AFTER: Duration = Duration::from_secs(2);
+const CONFIRM_AFTER: Duration = Duration::from_secs(1);
 
 struct Down {
     attempt: u32,
