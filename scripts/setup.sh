@@ -23,8 +23,19 @@ for p in "${PKGS[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
+  # Packages such as nginx start a system service on 0.0.0.0 when installed; the tests start
+  # their own servers on loopback, so no service may start during the install.
+  added_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod +x /usr/sbin/policy-rc.d
+    added_policy=1
+  fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  status=0
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || status=$?
+  [ -z "$added_policy" ] || $SUDO rm -f /usr/sbin/policy-rc.d
+  [ "$status" = 0 ] || { echo "setup: apt-get install failed ($status)" >&2; exit "$status"; }
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
