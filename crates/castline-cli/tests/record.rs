@@ -455,22 +455,8 @@ fn keyframes_follow_the_keyframe_interval() {
         "off",
     ]));
     assert!(out.status.success());
-    let probe = std::process::Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "packet=pts_time,flags",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(&file)
-        .output()
-        .unwrap();
-    let keys: Vec<f64> = String::from_utf8_lossy(&probe.stdout)
-        .lines()
+    let keys: Vec<f64> = probe_entries(&file, "packet=pts_time,flags")
+        .iter()
         .filter(|l| l.contains('K'))
         .filter_map(|l| l.split(',').next()?.parse().ok())
         .collect();

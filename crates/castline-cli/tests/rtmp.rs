@@ -54,21 +54,7 @@ fn stream_decodes_from_nginx_with_matching_codec_size_and_rate() {
     let (frames, errors) = decode_check(&flv);
     assert!(errors.is_empty(), "{errors}");
     assert!((135..=160).contains(&frames), "{frames} frames in 5 s");
-    let rate = std::process::Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "stream=r_frame_rate",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(&flv)
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&rate.stdout).trim(), "30/1");
+    assert_eq!(probe_entries(&flv, "stream=r_frame_rate"), ["30/1"]);
     // testsrc stamps survive the trip through nginx.
     let (gray, _) = decode(&flv, "gray");
     let first = &gray[..640 * 360];
@@ -223,23 +209,9 @@ fn reconnects_after_server_restart_while_recording_continues() {
         "{} frames recorded",
         p.frames
     );
-    let pts = std::process::Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "packet=pts_time",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(&rec)
-        .output()
-        .unwrap();
-    let mut times: Vec<f64> = String::from_utf8_lossy(&pts.stdout)
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
+    let mut times: Vec<f64> = probe_entries(&rec, "packet=pts_time")
+        .iter()
+        .filter_map(|l| l.parse().ok())
         .collect();
     times.sort_by(f64::total_cmp);
     let max_gap = times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);

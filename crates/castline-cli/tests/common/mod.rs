@@ -191,6 +191,29 @@ pub fn probe(path: &Path) -> Probe {
     }
 }
 
+/// ffprobe `-show_entries ENTRIES` of the first video stream, one CSV line per item.
+pub fn probe_entries(path: &Path, entries: &str) -> Vec<String> {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            entries,
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe is installed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
 /// Decode every frame to raw pixels (`pix_fmt` gray or rgb24), with ffmpeg's stderr.
 pub fn decode(path: &Path, pix_fmt: &str) -> (Vec<u8>, String) {
     let out = Command::new("ffmpeg")
