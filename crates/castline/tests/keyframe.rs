@@ -28,6 +28,8 @@ fn request_keyframe_produces_an_idr_mid_gop() {
     let p = Pipeline::start(cfg).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     p.request_keyframe();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(p.sample_stats().keyframes, 2, "first IDR + the forced one");
     let summary = p.wait().unwrap();
     assert_eq!(summary.frames_encoded, 90);
     let out = Command::new("ffprobe")

@@ -69,14 +69,10 @@ impl Mp4Output {
             Rational(1, 90_000),
             None,
         )
-        .map_err(|e| match e {
-            ff::Error::Other { errno } if errno == libc::ENOSPC => OutputError::DiskFull {
-                path: path.to_path_buf(),
-            },
-            ff::Error::Other { errno } => {
-                unwritable(std::io::Error::from_raw_os_error(errno).to_string())
-            }
-            e => unwritable(e.to_string()),
+        .map_err(|e| match ff_error(path, e) {
+            // Failing to create the file is "cannot write", not a write failure.
+            OutputError::Write { reason, .. } => unwritable(reason),
+            e => e,
         })?;
         tracing::info!(path = %path.display(), "output_opened");
         Ok(Self {

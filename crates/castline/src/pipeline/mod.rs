@@ -251,13 +251,12 @@ impl Pipeline {
             .collect();
         capture?;
         encode?;
-        if let Some(Err(_)) = outputs.iter().find(|o| o.is_err()) {
-            if outputs.iter().all(|o| o.is_err()) {
-                let first = outputs.into_iter().find_map(|o| o.err());
-                return Err(first
-                    .map(Error::from)
-                    .unwrap_or_else(|| Error::Internal("output failed".into())));
-            }
+        // The run failed only when every output failed (others keep going past one failure).
+        if let Some(Err(e)) = outputs
+            .first()
+            .filter(|_| outputs.iter().all(|o| o.is_err()))
+        {
+            return Err(e.clone().into());
         }
         let frames_encoded = self.counters.frames_encoded.load(Ordering::Relaxed);
         Ok(RunSummary {
@@ -457,10 +456,15 @@ fn run_output(
 ) -> std::result::Result<OutputSummary, crate::error::OutputError> {
     let mut first = true;
     let mut failure = None;
+    // Connection state only changes around skipped packets; refresh the stats copy then.
+    let mut refresh_link = true;
     loop {
         match c.queue.pop_timeout(Duration::from_millis(200)) {
             Pop::Item(p) => {
-                match out.write(&p) {
+                let written = out.write(&p);
+                let changed = refresh_link || !matches!(written, Ok(Written::Sent));
+                refresh_link = !matches!(written, Ok(Written::Sent));
+                match written {
                     Ok(Written::Sent) => {
                         if first {
                             first = false;
@@ -487,8 +491,10 @@ fn run_output(
                         break;
                     }
                 }
-                if let Some(link) = out.link() {
-                    *c.link.lock().unwrap_or_else(|p| p.into_inner()) = Some(link);
+                if changed {
+                    if let Some(link) = out.link() {
+                        *c.link.lock().unwrap_or_else(|p| p.into_inner()) = Some(link);
+                    }
                 }
             }
             Pop::Empty => continue,

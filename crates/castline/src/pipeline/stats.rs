@@ -96,6 +96,8 @@ pub struct StatsSnapshot {
     /// Encoder output rate over the last interval.
     pub bitrate_kbps: f64,
     pub frames_encoded: u64,
+    /// Keyframes encoded so far (interval, forced by the API, or requested by an output).
+    pub keyframes: u64,
     /// Share of captured frames that had new content over the last interval (0..1).
     pub changed_ratio: f64,
     pub queues: QueueDepths,
@@ -218,6 +220,7 @@ impl StatsSampler {
             encode_ms_p95: round2(p95),
             bitrate_kbps: round2((bytes - self.last_bytes) as f64 * 8.0 / 1000.0 / dt),
             frames_encoded: encoded,
+            keyframes: c.keyframes.load(Ordering::Relaxed),
             changed_ratio: if d_captured == 0 {
                 0.0
             } else {
