@@ -7,11 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use castline::capture::{x11, SourceOptions, SourceSpec};
+use castline::capture::{
+    parse_audio_sources, pulse, x11, AudioSourceSpec, SourceOptions, SourceSpec,
+};
 use castline::encode::{EncoderKind, EncoderSettings, H264Profile};
 use castline::output::{OutputSpec, RtmpOptions};
 use castline::pipeline::stats::StatsSnapshot;
-use castline::pipeline::{Pipeline, PipelineConfig};
+use castline::pipeline::{AudioConfig, Pipeline, PipelineConfig};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -57,6 +59,11 @@ enum ListWhat {
     },
     /// Top-level windows of $DISPLAY.
     Windows {
+        #[arg(long)]
+        json: bool,
+    },
+    /// PulseAudio sources (microphones, monitors), sinks and applications playing sound.
+    Audio {
         #[arg(long)]
         json: bool,
     },
@@ -109,7 +116,71 @@ struct PipelineArgs {
     #[arg(long, value_enum, default_value_t = StatsMode::Text)]
     stats: StatsMode,
     #[command(flatten)]
+    audio: AudioArgs,
+    #[command(flatten)]
     network: NetworkArgs,
+}
+
+/// Audio capture and encoding.
+#[derive(Args)]
+#[command(next_help_heading = "Audio")]
+struct AudioArgs {
+    /// none, system (what the machine plays), mic, mic:NAME, both (system + mic), app:NAME or
+    /// app:PID (one application only), or several joined by commas. Default: system when a
+    /// PulseAudio server is reachable, otherwise none.
+    #[arg(long, value_parser = parse_audio)]
+    audio: Option<AudioSources>,
+    /// Gain of microphone inputs in the mix (1.0 = unchanged).
+    #[arg(long, default_value_t = 1.0, value_parser = parse_gain)]
+    mic_gain: f32,
+    /// Audio bitrate, e.g. 128k; default 128k for AAC (MP4, RTMP), 96k for Opus.
+    #[arg(long, value_parser = parse_audio_bitrate)]
+    audio_bitrate: Option<u64>,
+}
+
+impl AudioArgs {
+    fn config(&self) -> AudioConfig {
+        let sources = match &self.audio {
+            Some(s) => s.0.clone(),
+            None if pulse::server_reachable(Duration::from_secs(1)) => {
+                vec![AudioSourceSpec::System]
+            }
+            None => {
+                tracing::warn!(
+                    "no PulseAudio server reachable: recording without audio (use --audio none to silence this)"
+                );
+                Vec::new()
+            }
+        };
+        AudioConfig {
+            sources,
+            mic_gain: self.mic_gain,
+            bitrate: self.audio_bitrate,
+        }
+    }
+}
+
+/// The parsed `--audio` list (a newtype so clap takes it as one value).
+#[derive(Clone)]
+struct AudioSources(Vec<AudioSourceSpec>);
+
+fn parse_audio(s: &str) -> Result<AudioSources, String> {
+    parse_audio_sources(s).map(AudioSources)
+}
+
+fn parse_gain(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if (0.0..=10.0).contains(&v) => Ok(v),
+        _ => Err(format!("invalid gain '{s}' (0–10)")),
+    }
+}
+
+fn parse_audio_bitrate(s: &str) -> Result<u64, String> {
+    let b = parse_bitrate(s)?;
+    if !(8_000..=512_000).contains(&b) {
+        return Err(format!("audio bitrate '{s}' out of range (8k–512k)"));
+    }
+    Ok(b)
 }
 
 /// Stream buffer and reconnection of network outputs (RTMP).
@@ -339,6 +410,45 @@ fn list(what: ListWhat) -> Result<(), Failure> {
                 }
             }
         }
+        ListWhat::Audio { json } => {
+            let d = pulse::list_audio()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&d)?);
+            } else {
+                println!("sources (use with --audio mic:NAME):");
+                for s in &d.sources {
+                    println!(
+                        "  {} {:<40} {}{}",
+                        if s.default { "*" } else { " " },
+                        s.name,
+                        s.description,
+                        s.monitor_of
+                            .as_ref()
+                            .map(|m| format!(" (monitor of {m})"))
+                            .unwrap_or_default()
+                    );
+                }
+                println!("sinks (--audio system records the default one):");
+                for s in &d.sinks {
+                    println!(
+                        "  {} {:<40} {}",
+                        if s.default { "*" } else { " " },
+                        s.name,
+                        s.description
+                    );
+                }
+                println!("applications (use with --audio app:NAME or app:PID):");
+                for a in &d.applications {
+                    println!(
+                        "    {:<20} pid {:<8} {:<16} {}",
+                        a.name,
+                        a.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                        a.binary.as_deref().unwrap_or("-"),
+                        a.media.as_deref().unwrap_or("")
+                    );
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -370,6 +480,7 @@ fn run_pipeline(primary: String, a: PipelineArgs) -> Result<(), Failure> {
         outputs,
         duration: a.duration,
         rtmp: a.network.rtmp_options(),
+        audio: a.audio.config(),
         ..PipelineConfig::default()
     };
     let pipeline = Pipeline::start(cfg).map_err(|e| match e {

@@ -34,6 +34,14 @@ pub enum CaptureError {
     X11(String),
     #[error("shared memory setup failed: {0}")]
     Shm(String),
+    #[error("cannot reach the PulseAudio server{server}: {reason}")]
+    AudioServerUnreachable { server: String, reason: String },
+    #[error("unknown audio source '{name}' (available: {available}; see `castline list audio`)")]
+    UnknownAudioSource { name: String, available: String },
+    #[error("no application '{app}' is connected to the sound server (playing: {available}; see `castline list audio`)")]
+    UnknownAudioApp { app: String, available: String },
+    #[error("audio capture failed: {0}")]
+    Audio(String),
 }
 
 #[derive(Debug, thiserror::Error)]

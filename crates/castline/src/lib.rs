@@ -6,6 +6,7 @@ pub mod capture;
 pub mod convert;
 pub mod encode;
 pub mod error;
+pub mod mix;
 pub mod output;
 pub mod pipeline;
 

@@ -8,8 +8,12 @@
 //!   (hex) on stdout once mapped.
 //!
 //! * `pointer X Y`: move the pointer to (X, Y) on the root window and exit.
+//! * `flashbeep [--period-ms N] [--length-ms N] [--freq HZ]`: a full-screen black window that
+//!   turns white while a beep plays on the default PulseAudio sink, every period. The flash is
+//!   timed from the playback stream's latency, so it appears when the beep is heard: the
+//!   A/V-sync reference. Prints one line per beep: the UNIX time (µs) it plays.
 //!
-//! `content` and `window` run until killed.
+//! `content`, `window` and `flashbeep` run until killed.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -38,6 +42,7 @@ fn main() -> Res<()> {
     match args.get(1).map(|s| s.as_str()) {
         Some("content") => content(&args),
         Some("window") => window(&args),
+        Some("flashbeep") => flashbeep(&args),
         Some("pointer") => {
             let x: i16 = args.get(2).ok_or("X")?.parse()?;
             let y: i16 = args.get(3).ok_or("Y")?.parse()?;
@@ -47,7 +52,7 @@ fn main() -> Res<()> {
             conn.sync()?;
             Ok(())
         }
-        _ => Err("usage: castline-testkit content|window|pointer [options]".into()),
+        _ => Err("usage: castline-testkit content|window|pointer|flashbeep [options]".into()),
     }
 }
 
@@ -286,4 +291,135 @@ fn window(args: &[String]) -> Res<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+fn flashbeep(args: &[String]) -> Res<()> {
+    use libpulse_binding::def::BufferAttr;
+    use libpulse_binding::sample::{Format, Spec};
+    use libpulse_binding::stream::Direction;
+    use libpulse_simple_binding::Simple;
+
+    let period_ms: u64 = arg(args, "--period-ms").unwrap_or("1000").parse()?;
+    let length_ms: u64 = arg(args, "--length-ms").unwrap_or("100").parse()?;
+    let freq: f32 = arg(args, "--freq").unwrap_or("1000").parse()?;
+    const RATE: u64 = 48_000;
+    let spec = Spec {
+        format: Format::FLOAT32NE,
+        rate: RATE as u32,
+        channels: 2,
+    };
+    // A small playback buffer (~40 ms) keeps the latency estimate tight.
+    let attr = BufferAttr {
+        maxlength: u32::MAX,
+        tlength: (RATE * 8 * 40 / 1000) as u32,
+        prebuf: u32::MAX,
+        minreq: (RATE * 8 * 10 / 1000) as u32,
+        fragsize: u32::MAX,
+    };
+    let pa = Simple::new(
+        None,
+        "castline-testkit",
+        Direction::Playback,
+        None,
+        "flashbeep",
+        &spec,
+        None,
+        Some(&attr),
+    )
+    .map_err(|e| format!("pulse: {e}"))?;
+
+    let (conn, n) = x11rb::connect(None)?;
+    let screen = conn.setup().roots[n].clone();
+    let (w, h) = (screen.width_in_pixels, screen.height_in_pixels);
+    let win = create_window(&conn, &screen, (0, 0, w, h), true)?;
+    let gc = conn.generate_id()?;
+    conn.create_gc(gc, win, &CreateGCAux::new().graphics_exposures(0))?;
+    conn.map_window(win)?;
+    conn.sync()?;
+    // The painter thread shows each flash at the instant the audio thread computed.
+    let (tx, rx) = std::sync::mpsc::channel::<Instant>();
+    let painter = std::thread::spawn(move || -> Result<(), String> {
+        let paint = |color: u32| -> Result<(), String> {
+            paint_all(&conn, win, gc, (w, h), color).map_err(|e| e.to_string())
+        };
+        paint(screen.black_pixel)?;
+        while let Ok(at) = rx.recv() {
+            if let Some(d) = at.checked_duration_since(Instant::now()) {
+                std::thread::sleep(d);
+            }
+            paint(screen.white_pixel)?;
+            std::thread::sleep(Duration::from_millis(length_ms));
+            paint(screen.black_pixel)?;
+        }
+        Ok(())
+    });
+
+    let block = (RATE / 100) as usize; // 10 ms
+    let period = RATE * period_ms / 1000;
+    let beep = RATE * length_ms / 1000;
+    let mut pos: u64 = 0;
+    let mut buf = Vec::with_capacity(block * 8);
+    let mut out = std::io::stdout();
+    loop {
+        buf.clear();
+        let mut beep_start = None;
+        for i in 0..block as u64 {
+            let n = pos + i;
+            let phase = n % period;
+            if phase == 0 && n > RATE {
+                beep_start = Some(n);
+            }
+            let v = if phase < beep && n > RATE {
+                0.5 * (2.0 * std::f32::consts::PI * freq * (phase as f32) / RATE as f32).sin()
+            } else {
+                0.0
+            };
+            buf.extend_from_slice(&v.to_ne_bytes());
+            buf.extend_from_slice(&v.to_ne_bytes());
+        }
+        pa.write(&buf).map_err(|e| format!("pulse write: {e}"))?;
+        pos += block as u64;
+        if let Some(start) = beep_start {
+            // Everything written so far plays `latency` from now; the beep is that much minus
+            // what follows it in the buffer.
+            let latency = pa
+                .get_latency()
+                .map(|l| Duration::from_micros(l.0))
+                .unwrap_or_default();
+            let after = Duration::from_micros((pos - start) * 1_000_000 / RATE);
+            let at = Instant::now() + latency.saturating_sub(after);
+            let unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_micros()
+                + latency.saturating_sub(after).as_micros();
+            writeln!(out, "{unix}")?;
+            if tx.send(at).is_err() {
+                return Err(painter
+                    .join()
+                    .map_err(|_| "painter panicked")?
+                    .err()
+                    .unwrap_or_default()
+                    .into());
+            }
+        }
+    }
+}
+
+fn paint_all(
+    conn: &impl Connection,
+    win: Window,
+    gc: Gcontext,
+    (w, h): (u16, u16),
+    color: u32,
+) -> Res<()> {
+    conn.change_gc(gc, &ChangeGCAux::new().foreground(color))?;
+    let r = Rectangle {
+        x: 0,
+        y: 0,
+        width: w,
+        height: h,
+    };
+    conn.poly_fill_rectangle(win, gc, &[r])?;
+    conn.sync()?;
+    Ok(())
 }

@@ -1,7 +1,12 @@
-//! Video sources. A source is asked for the current picture once per frame tick by the capture
+//! Sources. Video: a source is asked for the current picture once per frame tick by the capture
 //! thread (see `pipeline`), and answers with a new BGRA picture or "unchanged" — the pipeline then
 //! repeats the previous frame, which keeps the output at a constant frame rate for almost no cost.
 
+//!
+//! Audio: backends (PulseAudio today) capture continuously on their own threads into the mixer's
+//! lanes (see `mix`); [`AudioSourceSpec`] names what to capture.
+
+pub mod pulse;
 pub mod testsrc;
 pub mod x11;
 pub mod x11_screen;
@@ -97,6 +102,77 @@ impl std::str::FromStr for SourceSpec {
             }
         }
     }
+}
+
+/// Which audio to capture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AudioSourceSpec {
+    /// Everything the machine plays (the default sink's monitor).
+    System,
+    /// The default source, or the named one.
+    Mic(Option<String>),
+    /// Only one application's streams.
+    App(AppMatch),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppMatch {
+    /// `application.name` or the process binary, case-insensitive.
+    Name(String),
+    Pid(u32),
+}
+
+impl std::fmt::Display for AppMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Name(n) => write!(f, "{n}"),
+            Self::Pid(p) => write!(f, "{p}"),
+        }
+    }
+}
+
+impl std::fmt::Display for AudioSourceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::System => write!(f, "system"),
+            Self::Mic(None) => write!(f, "mic"),
+            Self::Mic(Some(n)) => write!(f, "mic:{n}"),
+            Self::App(m) => write!(f, "app:{m}"),
+        }
+    }
+}
+
+/// Parse an `--audio` value: `none`, `system`, `mic`, `mic:NAME`, `both` (system + mic),
+/// `app:NAME`, `app:PID`, or several joined with commas.
+pub fn parse_audio_sources(s: &str) -> Result<Vec<AudioSourceSpec>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim) {
+        match part {
+            "none" if s.trim() == "none" => {}
+            "system" => out.push(AudioSourceSpec::System),
+            "mic" => out.push(AudioSourceSpec::Mic(None)),
+            "both" => {
+                out.push(AudioSourceSpec::System);
+                out.push(AudioSourceSpec::Mic(None));
+            }
+            _ => {
+                if let Some(n) = part.strip_prefix("mic:").filter(|n| !n.is_empty()) {
+                    out.push(AudioSourceSpec::Mic(Some(n.to_string())));
+                } else if let Some(a) = part.strip_prefix("app:").filter(|a| !a.is_empty()) {
+                    out.push(AudioSourceSpec::App(match a.parse() {
+                        Ok(pid) => AppMatch::Pid(pid),
+                        Err(_) => AppMatch::Name(a.to_string()),
+                    }));
+                } else {
+                    return Err(format!(
+                        "unknown audio source '{part}' (expected none, system, mic, mic:NAME, both, app:NAME or app:PID)"
+                    ));
+                }
+            }
+        }
+    }
+    out.dedup();
+    Ok(out)
 }
 
 fn parse_window_id(s: &str) -> Option<u32> {

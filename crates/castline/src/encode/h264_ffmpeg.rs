@@ -220,6 +220,7 @@ impl FfmpegH264Encoder {
                             _ => self.frame_duration_us,
                         },
                         keyframe: self.packet.is_key(),
+                        media: super::MediaKind::Video,
                     });
                 }
                 Err(ff::Error::Other { errno }) if errno == libc::EAGAIN => return Ok(()),

@@ -1,6 +1,8 @@
-//! Video encoders. The encode thread fills the encoder's input planes (see `convert`), then asks
-//! for packets; one encoder feeds every output through shared, reference-counted packets.
+//! Encoders. The video encode thread fills the encoder's input planes (see `convert`), then asks
+//! for packets; the audio thread hands each audio encoder the mixer's frames. One encoder per
+//! codec feeds every output through shared, reference-counted packets.
 
+mod audio_ffmpeg;
 mod h264_ffmpeg;
 
 use std::sync::Arc;
@@ -8,16 +10,109 @@ use std::sync::Arc;
 use crate::convert::YuvPlanesMut;
 use crate::error::EncodeError;
 
+pub use audio_ffmpeg::FfmpegAudioEncoder;
 pub use h264_ffmpeg::FfmpegH264Encoder;
 
-/// One encoded access unit (Annex-B H.264), timestamps on the pipeline clock (µs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaKind {
+    Video,
+    Audio,
+}
+
+/// One encoded access unit (Annex-B H.264) or audio frame (raw AAC / Opus), timestamps on the
+/// pipeline clock (µs).
 #[derive(Debug, Clone)]
 pub struct EncodedPacket {
     pub data: Arc<[u8]>,
     pub pts_us: i64,
     pub dts_us: i64,
     pub duration_us: i64,
+    /// Video only: an IDR picture. (Every audio packet decodes on its own.)
     pub keyframe: bool,
+    pub media: MediaKind,
+}
+
+impl EncodedPacket {
+    pub fn is_audio(&self) -> bool {
+        self.media == MediaKind::Audio
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AudioCodec {
+    /// AAC-LC: MP4 and RTMP.
+    Aac,
+    /// Opus: WebRTC, WHIP and RTP.
+    Opus,
+}
+
+impl AudioCodec {
+    pub fn ffmpeg_name(self) -> &'static str {
+        match self {
+            Self::Aac => "aac",
+            Self::Opus => "libopus",
+        }
+    }
+
+    /// Bitrate used when none is given, bit/s.
+    pub fn default_bitrate(self) -> u64 {
+        match self {
+            Self::Aac => 128_000,
+            Self::Opus => 96_000,
+        }
+    }
+}
+
+/// What outputs need to know about an encoded audio stream.
+#[derive(Debug, Clone)]
+pub struct AudioStreamInfo {
+    pub codec: AudioCodec,
+    pub encoder_name: String,
+    pub sample_rate: u32,
+    pub channels: u32,
+    pub bitrate: u64,
+    /// Samples per packet.
+    pub frame_size: u32,
+    /// AudioSpecificConfig (AAC) or OpusHead (Opus).
+    pub extradata: Vec<u8>,
+    /// Encoder delay in samples (the first packet starts this much before the first input).
+    pub initial_padding: u32,
+}
+
+/// Everything an output is told about the streams it carries.
+#[derive(Debug, Clone)]
+pub struct MediaInfo {
+    pub video: VideoStreamInfo,
+    /// The audio stream in the codec this output takes, if the run has audio.
+    pub audio: Option<AudioStreamInfo>,
+}
+
+pub trait AudioEncoder: Send {
+    fn info(&self) -> &AudioStreamInfo;
+    /// Encode interleaved stereo samples whose first frame is sample index `start` (contiguous
+    /// with the previous call).
+    fn encode(
+        &mut self,
+        start: i64,
+        samples: &[f32],
+        out: &mut Vec<EncodedPacket>,
+    ) -> Result<(), EncodeError>;
+    fn flush(&mut self, out: &mut Vec<EncodedPacket>) -> Result<(), EncodeError>;
+}
+
+/// Open the FFmpeg encoder for `codec`; `bitrate` None = the codec's default.
+pub fn open_audio_encoder(
+    codec: AudioCodec,
+    bitrate: Option<u64>,
+) -> Result<Box<dyn AudioEncoder>, EncodeError> {
+    let enc = FfmpegAudioEncoder::open(codec, bitrate.unwrap_or(codec.default_bitrate()))?;
+    tracing::info!(
+        encoder = codec.ffmpeg_name(),
+        bitrate = enc.info().bitrate,
+        frame_size = enc.info().frame_size,
+        "audio_encoder_selected"
+    );
+    Ok(Box::new(enc))
 }
 
 /// What outputs need to know about the encoded video stream.

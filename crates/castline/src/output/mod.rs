@@ -8,7 +8,7 @@ pub mod rtmp;
 
 use std::path::PathBuf;
 
-use crate::encode::{EncodedPacket, VideoStreamInfo};
+use crate::encode::{AudioCodec, EncodedPacket, MediaInfo};
 use crate::error::{ErrorReport, OutputError};
 use crate::pipeline::clock::MediaClock;
 
@@ -70,6 +70,14 @@ pub enum OutputSpec {
 }
 
 impl OutputSpec {
+    /// The audio codec this output carries.
+    pub fn audio_codec(&self) -> AudioCodec {
+        match self {
+            // MP4 could hold Opus too, but AAC is what every player of an .mp4 expects.
+            Self::Mp4(_) | Self::Rtmp(_) => AudioCodec::Aac,
+        }
+    }
+
     /// A name safe to log.
     pub fn name(&self) -> String {
         match self {
@@ -104,7 +112,7 @@ impl std::str::FromStr for OutputSpec {
 /// once instead of being retried.
 pub fn open_output(
     spec: &OutputSpec,
-    info: &VideoStreamInfo,
+    info: &MediaInfo,
     clock: MediaClock,
     rtmp: &RtmpOptions,
 ) -> Result<Box<dyn Output>, OutputError> {

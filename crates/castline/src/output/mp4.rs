@@ -13,7 +13,7 @@ use ffmpeg_next::{self as ff, Dictionary, Rational};
 
 use super::mux::Muxer;
 use super::{Output, OutputSummary, Written};
-use crate::encode::{EncodedPacket, VideoStreamInfo};
+use crate::encode::{EncodedPacket, MediaInfo};
 use crate::error::OutputError;
 
 pub struct Mp4Output {
@@ -34,7 +34,7 @@ fn ff_error(path: &Path, e: ff::Error) -> OutputError {
 }
 
 impl Mp4Output {
-    pub fn create(path: &Path, info: &VideoStreamInfo) -> Result<Self, OutputError> {
+    pub fn create(path: &Path, info: &MediaInfo) -> Result<Self, OutputError> {
         let unwritable = |reason: String| OutputError::Unwritable {
             path: path.to_path_buf(),
             reason,

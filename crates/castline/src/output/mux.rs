@@ -1,6 +1,7 @@
-//! What every libavformat-based output shares: one H.264 stream described from the encoder's
-//! parameters, packets rescaled from µs to the stream's time base (read back after the header,
-//! since muxers may change it), and the I/O error check after each write.
+//! What every libavformat-based output shares: an H.264 stream (and an audio stream when the run
+//! has audio) described from the encoders' parameters, packets rescaled from µs to each stream's
+//! time base (read back after the header, since muxers may change it), interleaved by DTS, and
+//! the I/O error check after each write.
 
 use std::ffi::CString;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ffmpeg_next::{self as ff, ffi, Dictionary, Rational};
 
-use crate::encode::{EncodedPacket, VideoStreamInfo};
+use crate::encode::{AudioCodec, AudioStreamInfo, EncodedPacket, MediaInfo};
 
 /// A deadline FFmpeg's blocking I/O polls (every ~100 ms) through its interrupt callback: an
 /// operation still blocked when it passes fails with AVERROR_EXIT. 0 = no deadline.
@@ -43,10 +44,14 @@ pub(crate) struct Muxer {
     octx: ff::format::context::Output,
     /// Referenced by the context's interrupt callback; declared after `octx` so it outlives it.
     _deadline: Option<Arc<IoDeadline>>,
-    time_base: Rational,
+    video_tb: Rational,
+    /// Time base of the audio stream (index 1), when there is one.
+    audio_tb: Option<Rational>,
     /// DTS of the first packet written; timestamps are rebased so each session starts at 0.
     base_dts_us: Option<i64>,
+    /// Video packets written (audio ones are counted apart).
     pub packets: u64,
+    pub audio_packets: u64,
     pub bytes: u64,
 }
 
@@ -60,12 +65,13 @@ impl Muxer {
         target: &str,
         format: &str,
         io_opts: Dictionary,
-        mux_opts: Dictionary,
-        info: &VideoStreamInfo,
+        mut mux_opts: Dictionary,
+        media: &MediaInfo,
         track_time_base: Rational,
         deadline: Option<Arc<IoDeadline>>,
     ) -> Result<Self, ff::Error> {
         ff::init()?;
+        let info = &media.video;
         let mut octx = open_io(target, format, io_opts, deadline.as_deref())?;
         // SAFETY: a new stream on our context; codecpar fields are plain data and extradata is
         // allocated with FFmpeg's allocator (freed with the context), padded as required.
@@ -100,17 +106,29 @@ impl Muxer {
             (*par).extradata = buf;
             (*par).extradata_size = n as i32;
         }
+        if let Some(a) = &media.audio {
+            add_audio_stream(&mut octx, a)?;
+            // The audio encoder's first packet starts before the first frame (encoder delay):
+            // shift both tracks together so nothing is negative, keeping them in sync.
+            mux_opts.set("avoid_negative_ts", "make_zero");
+        }
         octx.write_header_with(mux_opts)?;
-        let time_base = octx
+        let video_tb = octx
             .stream(0)
             .map(|s| s.time_base())
             .unwrap_or(track_time_base);
+        let audio_tb = media
+            .audio
+            .as_ref()
+            .and_then(|_| octx.stream(1).map(|s| s.time_base()));
         let m = Self {
             octx,
             _deadline: deadline,
-            time_base,
+            video_tb,
+            audio_tb,
             base_dts_us: None,
             packets: 0,
+            audio_packets: 0,
             bytes: 0,
         };
         m.check_io()?;
@@ -118,21 +136,30 @@ impl Muxer {
     }
 
     pub fn write(&mut self, pkt: &EncodedPacket) -> Result<(), ff::Error> {
+        let (index, tb) = match (pkt.is_audio(), self.audio_tb) {
+            (false, _) => (0, self.video_tb),
+            (true, Some(tb)) => (1, tb),
+            // This output carries no audio.
+            (true, None) => return Ok(()),
+        };
         let base = *self.base_dts_us.get_or_insert(pkt.dts_us);
         let us = Rational(1, 1_000_000);
-        let tb = self.time_base;
         let rescale = |t: i64| ff::rescale::Rescale::rescale(&t, us, tb);
         let mut p = ff::Packet::copy(&pkt.data);
         p.set_pts(Some(rescale(pkt.pts_us - base)));
         p.set_dts(Some(rescale(pkt.dts_us - base)));
         p.set_duration(rescale(pkt.duration_us));
-        p.set_stream(0);
+        p.set_stream(index);
         if pkt.keyframe {
             p.set_flags(ff::packet::Flags::KEY);
         }
         p.write_interleaved(&mut self.octx)?;
         self.check_io()?;
-        self.packets += 1;
+        if pkt.is_audio() {
+            self.audio_packets += 1;
+        } else {
+            self.packets += 1;
+        }
         self.bytes += pkt.data.len() as u64;
         Ok(())
     }
@@ -159,6 +186,54 @@ impl Muxer {
             Ok(())
         }
     }
+}
+
+fn add_audio_stream(
+    octx: &mut ff::format::context::Output,
+    a: &AudioStreamInfo,
+) -> Result<(), ff::Error> {
+    // SAFETY: as for the video stream: plain codecpar fields, extradata from FFmpeg's allocator.
+    unsafe {
+        let st = ffi::avformat_new_stream(octx.as_mut_ptr(), std::ptr::null());
+        if st.is_null() {
+            return Err(ff::Error::Other {
+                errno: libc::ENOMEM,
+            });
+        }
+        (*st).time_base = ffi::AVRational {
+            num: 1,
+            den: a.sample_rate as i32,
+        };
+        let par = (*st).codecpar;
+        (*par).codec_type = ffi::AVMediaType::AVMEDIA_TYPE_AUDIO;
+        (*par).codec_id = match a.codec {
+            AudioCodec::Aac => ffi::AVCodecID::AV_CODEC_ID_AAC,
+            AudioCodec::Opus => ffi::AVCodecID::AV_CODEC_ID_OPUS,
+        };
+        (*par).format = ffi::AVSampleFormat::AV_SAMPLE_FMT_FLTP as i32;
+        (*par).sample_rate = a.sample_rate as i32;
+        (*par).bit_rate = a.bitrate as i64;
+        (*par).frame_size = a.frame_size as i32;
+        ffi::av_channel_layout_default(&mut (*par).ch_layout, a.channels as i32);
+        #[allow(deprecated)]
+        {
+            (*par).channels = a.channels as i32;
+            (*par).channel_layout = ffi::AV_CH_LAYOUT_STEREO;
+        }
+        let n = a.extradata.len();
+        if n > 0 {
+            let buf = ffi::av_mallocz(n + ffi::AV_INPUT_BUFFER_PADDING_SIZE as usize) as *mut u8;
+            if buf.is_null() {
+                return Err(ff::Error::Other {
+                    errno: libc::ENOMEM,
+                });
+            }
+            std::ptr::copy_nonoverlapping(a.extradata.as_ptr(), buf, n);
+            (*par).extradata = buf;
+            (*par).extradata_size = n as i32;
+        }
+    }
+    Ok(())
 }
 
 /// avformat_alloc_output_context2 + avio_open2 with our interrupt callback installed before the

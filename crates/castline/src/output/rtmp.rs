@@ -20,7 +20,7 @@ use ffmpeg_next::{self as ff, Dictionary, Rational};
 
 use super::mux::{IoDeadline, Muxer};
 use super::{LinkReport, Output, OutputSummary, Written};
-use crate::encode::{EncodedPacket, VideoStreamInfo};
+use crate::encode::{EncodedPacket, MediaInfo};
 use crate::error::{ErrorClass, ErrorReport, OutputError};
 use crate::pipeline::clock::MediaClock;
 
@@ -170,7 +170,7 @@ struct Down {
 pub struct RtmpOutput {
     url: String,
     target: RtmpTarget,
-    info: VideoStreamInfo,
+    info: MediaInfo,
     clock: MediaClock,
     opts: RtmpOptions,
     deadline: Arc<IoDeadline>,
@@ -194,7 +194,7 @@ impl RtmpOutput {
     /// Connect and publish; an error here is the first connection failing (reported at once).
     pub fn connect(
         url: &str,
-        info: &VideoStreamInfo,
+        info: &MediaInfo,
         clock: MediaClock,
         opts: RtmpOptions,
     ) -> Result<Self, OutputError> {
@@ -273,7 +273,8 @@ impl RtmpOutput {
         // and hides congestion for many seconds, so the stream buffer's drop policy (and the
         // latency bound it gives) would never engage.
         let mut io_opts = Dictionary::new();
-        let sndbuf = (self.info.bitrate / 8 / 4).clamp(32 * 1024, 4 * 1024 * 1024);
+        let bitrate = self.info.video.bitrate + self.info.audio.as_ref().map_or(0, |a| a.bitrate);
+        let sndbuf = (bitrate / 8 / 4).clamp(32 * 1024, 4 * 1024 * 1024);
         io_opts.set("send_buffer_size", &sndbuf.to_string());
         io_opts.set("tcp_nodelay", "1");
         if t.tls {
@@ -426,6 +427,12 @@ impl Output for RtmpOutput {
             });
         }
         if self.waiting_for_keyframe {
+            if pkt.is_audio() {
+                // The session starts with the video keyframe; audio joins from there.
+                return Ok(Written::Skipped {
+                    want_keyframe: false,
+                });
+            }
             if !pkt.keyframe {
                 // A fresh session must start on a keyframe: ask for one, once.
                 let want_keyframe = !std::mem::replace(&mut self.keyframe_asked, true);
@@ -448,7 +455,7 @@ impl Output for RtmpOutput {
         self.deadline.arm(self.opts.stall_timeout);
         match session.write(pkt) {
             Ok(()) => {
-                self.packets += 1;
+                self.packets += u64::from(!pkt.is_audio());
                 self.bytes += pkt.data.len() as u64;
                 if !self.confirmed && self.session_opened.elapsed() >= CONFIRM_AFTER {
                     self.confirmed = true;

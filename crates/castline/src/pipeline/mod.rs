@@ -1,28 +1,66 @@
-//! Wiring: one capture thread, one encode thread (convert + scale + encode), one thread per
-//! output, joined by bounded queues (see `queue`). The caller's thread only samples stats and
-//! decides when to stop.
+//! Wiring: one capture thread, one encode thread (convert + scale + encode), one audio thread
+//! (mixer + audio encoders, when the run has audio; each audio source captures on its own
+//! thread), one thread per output, joined by bounded queues (see `queue`). The caller's thread
+//! only samples stats and decides when to stop.
 //!
 //! Stopping is a cascade: the capture thread ends (stop requested, duration reached or source
 //! failed) and closes the frame queue; the encoder drains it, flushes, and closes every output
-//! queue; each output drains its queue and finishes its file or connection.
+//! queue; the audio thread produces audio up to the video's last frame, flushes and closes its side
+//! of the output queues; each output drains its queue and finishes its file or connection.
 
 pub mod clock;
 pub mod queue;
 pub mod stats;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::capture::{self, CaptureTime, SourceOptions, SourceSpec, VideoFrame, VideoSource};
+use crate::capture::pulse::PulseInput;
+use crate::capture::{
+    self, AudioSourceSpec, CaptureTime, SourceOptions, SourceSpec, VideoFrame, VideoSource,
+};
 use crate::convert::{even_crop, Converter};
-use crate::encode::{self, EncodedPacket, EncoderSettings, VideoEncoder, VideoStreamInfo};
+use crate::encode::{
+    self, AudioCodec, AudioEncoder, EncodedPacket, EncoderSettings, MediaInfo, VideoEncoder,
+    VideoStreamInfo,
+};
 use crate::error::{Error, Result};
+use crate::mix::{self, Mixer};
 use crate::output::{self, Output, OutputSpec, OutputSummary, RtmpOptions, Written};
 use clock::MediaClock;
 use queue::{FrameQueue, PacketQueue, Pop, PushOutcome};
-use stats::{OutputCounters, PipelineCounters, StatsSampler, StatsSnapshot};
+use stats::{
+    AudioCounters, AudioStats, OutputCounters, PipelineCounters, StatsSampler, StatsSnapshot,
+};
+
+/// What audio to capture and how to encode it.
+#[derive(Debug, Clone)]
+pub struct AudioConfig {
+    /// Empty: no audio track.
+    pub sources: Vec<AudioSourceSpec>,
+    /// Gain applied to microphone inputs (1.0 = unchanged).
+    pub mic_gain: f32,
+    /// Audio bitrate, bit/s; None = the codec's default (AAC 128 kb/s, Opus 96 kb/s).
+    pub bitrate: Option<u64>,
+}
+
+impl Default for AudioConfig {
+    fn default() -> Self {
+        Self {
+            sources: Vec::new(),
+            mic_gain: 1.0,
+            bitrate: None,
+        }
+    }
+}
+
+/// How long the mixer waits behind real time before mixing a frame, so every source's samples
+/// for it have arrived (capture fragments are 10 ms; scheduling adds a few more). Adds latency,
+/// not offset: audio keeps its capture timestamps.
+const MIX_DELAY_US: i64 = 60_000;
 
 /// Everything needed to run one capture → encode → outputs pipeline.
 #[derive(Debug, Clone)]
@@ -41,6 +79,7 @@ pub struct PipelineConfig {
     pub file_queue_duration: Duration,
     /// Stream buffer and reconnection settings of RTMP outputs.
     pub rtmp: RtmpOptions,
+    pub audio: AudioConfig,
 }
 
 impl Default for PipelineConfig {
@@ -56,6 +95,7 @@ impl Default for PipelineConfig {
             file_queue_packets: 600,
             file_queue_duration: Duration::from_secs(10),
             rtmp: RtmpOptions::default(),
+            audio: AudioConfig::default(),
         }
     }
 }
@@ -66,6 +106,8 @@ pub struct RunSummary {
     pub frames_encoded: u64,
     pub media_duration: Duration,
     pub stream: VideoStreamInfo,
+    /// Audio produced, seconds (0 without audio).
+    pub audio_duration: Duration,
     pub outputs: Vec<std::result::Result<OutputSummary, crate::error::OutputError>>,
 }
 
@@ -79,8 +121,10 @@ pub struct Pipeline {
     outputs: Vec<Arc<OutputCounters>>,
     sampler: Mutex<StatsSampler>,
     info: VideoStreamInfo,
+    audio_stats: Option<AudioStats>,
     capture: JoinHandle<std::result::Result<(), Error>>,
     encode: JoinHandle<std::result::Result<(), Error>>,
+    audio: Option<JoinHandle<std::result::Result<(), Error>>>,
     output_threads: Vec<JoinHandle<std::result::Result<OutputSummary, crate::error::OutputError>>>,
 }
 
@@ -116,9 +160,37 @@ impl Pipeline {
         // The clock starts before outputs connect (network outputs pace against it); capture
         // stamps its first frame with the clock's time when it starts ticking.
         let clock = MediaClock::new();
+        // Audio: sources first (an unknown device fails the start), one encoder per codec the
+        // outputs take.
+        let mut audio_inputs = Vec::new();
+        let mut audio_encoders: Vec<Box<dyn AudioEncoder>> = Vec::new();
+        if !cfg.audio.sources.is_empty() {
+            for spec in &cfg.audio.sources {
+                let gain = match spec {
+                    AudioSourceSpec::Mic(_) => cfg.audio.mic_gain,
+                    _ => 1.0,
+                };
+                audio_inputs.push(PulseInput::open(spec, gain, clock)?);
+            }
+            let mut codecs: Vec<AudioCodec> = cfg.outputs.iter().map(|o| o.audio_codec()).collect();
+            codecs.dedup();
+            for c in codecs {
+                if audio_encoders.iter().all(|e| e.info().codec != c) {
+                    audio_encoders.push(encode::open_audio_encoder(c, cfg.audio.bitrate)?);
+                }
+            }
+        }
+        let audio_info: HashMap<AudioCodec, encode::AudioStreamInfo> = audio_encoders
+            .iter()
+            .map(|e| (e.info().codec, e.info().clone()))
+            .collect();
         let mut outputs = Vec::new();
         for spec in &cfg.outputs {
-            match output::open_output(spec, &info, clock, &cfg.rtmp) {
+            let media = MediaInfo {
+                video: info.clone(),
+                audio: audio_info.get(&spec.audio_codec()).cloned(),
+            };
+            match output::open_output(spec, &media, clock, &cfg.rtmp) {
                 Ok(o) => outputs.push((spec, o)),
                 Err(e) => {
                     // Undo the outputs already created so no empty files remain.
@@ -144,7 +216,12 @@ impl Pipeline {
                 }
                 OutputSpec::Rtmp(_) => PacketQueue::new(cfg.rtmp.buffer_packets, cfg.rtmp.buffer),
             };
-            let c = Arc::new(OutputCounters::new(out.name(), queue));
+            let mut c = OutputCounters::new(out.name(), queue);
+            if !audio_encoders.is_empty() {
+                c.audio = Some(spec.audio_codec());
+                c.queue.add_producer();
+            }
+            let c = Arc::new(c);
             let (c2, kf, stop2) = (c.clone(), keyframe.clone(), stop.clone());
             output_threads.push(spawn("castline-output", move || {
                 run_output(out, &c2, &kf, &stop2)
@@ -152,12 +229,35 @@ impl Pipeline {
             out_counters.push(c);
         }
 
+        // Video frame 0 and audio sample 0 are both at t0; the capture thread records where
+        // video ended so audio ends there too.
+        let t0 = clock.now_us();
+        let end_us = Arc::new(AtomicI64::new(i64::MAX));
         let capture = {
-            let (raw, stop, counters) = (raw.clone(), stop.clone(), counters.clone());
+            let (raw, stop, counters, end) =
+                (raw.clone(), stop.clone(), counters.clone(), end_us.clone());
             let (fps, duration) = (cfg.fps, cfg.duration);
             spawn("castline-capture", move || {
-                run_capture(source, clock, fps, duration, &raw, &stop, &counters)
+                let _end = EndGuard(end.clone(), t0);
+                run_capture(
+                    source, clock, t0, fps, duration, &raw, &stop, &counters, &end,
+                )
             })?
+        };
+        let mut audio_stats = None;
+        let audio = if audio_encoders.is_empty() {
+            None
+        } else {
+            let ac = Arc::new(AudioCounters::default());
+            audio_stats = Some(AudioStats {
+                counters: ac.clone(),
+                inputs: audio_inputs.iter().map(|i| i.input.clone()).collect(),
+            });
+            let outs = out_counters.clone();
+            let end = end_us.clone();
+            Some(spawn("castline-audio", move || {
+                run_audio(audio_inputs, audio_encoders, clock, t0, &end, &ac, &outs)
+            })?)
         };
         let encode = {
             let (raw, keyframe, counters, outs, stop) = (
@@ -180,8 +280,10 @@ impl Pipeline {
             outputs: out_counters,
             sampler: Mutex::new(StatsSampler::new()),
             info,
+            audio_stats,
             capture,
             encode,
+            audio,
             output_threads,
         })
     }
@@ -210,6 +312,7 @@ impl Pipeline {
     pub fn is_finished(&self) -> bool {
         self.capture.is_finished()
             && self.encode.is_finished()
+            && self.audio.as_ref().is_none_or(|a| a.is_finished())
             && self.output_threads.iter().all(|t| t.is_finished())
     }
 
@@ -225,6 +328,7 @@ impl Pipeline {
                 self.raw.len(),
                 self.raw.dropped(),
                 &self.outputs,
+                self.audio_stats.as_ref(),
             )
     }
 
@@ -237,6 +341,7 @@ impl Pipeline {
         };
         let capture = join(self.capture);
         let encode = join(self.encode);
+        let audio = self.audio.map(join).unwrap_or(Ok(()));
         let outputs: Vec<_> = self
             .output_threads
             .into_iter()
@@ -251,6 +356,7 @@ impl Pipeline {
             .collect();
         capture?;
         encode?;
+        audio?;
         // The run failed only when every output failed (others keep going past one failure).
         if let Some(Err(e)) = outputs
             .first()
@@ -265,6 +371,13 @@ impl Pipeline {
                 frames_encoded * 1_000_000 / self.info.fps.max(1) as u64,
             ),
             stream: self.info,
+            audio_duration: Duration::from_secs_f64(
+                self.audio_stats
+                    .as_ref()
+                    .map(|a| a.counters.samples_mixed.load(Ordering::Relaxed))
+                    .unwrap_or(0) as f64
+                    / mix::SAMPLE_RATE as f64,
+            ),
             outputs,
         })
     }
@@ -280,18 +393,33 @@ fn spawn<T: Send + 'static>(
         .map_err(|e| Error::Internal(format!("cannot start thread {name}: {e}")))
 }
 
+/// Sets the end of media time when the capture thread ends, however it ends (the audio thread
+/// waits for it).
+struct EndGuard(Arc<AtomicI64>, i64);
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .compare_exchange(i64::MAX, self.1, Ordering::SeqCst, Ordering::SeqCst);
+    }
+}
+
 /// Tick at a constant rate; grab when the source has something new, otherwise repeat the last
-/// picture. Frame `n` is stamped `n / fps` on the pipeline clock, so the output is exactly CFR.
+/// picture. Frame `n` is stamped `t0 + n / fps` on the pipeline clock, so the output is exactly
+/// CFR. On exit, `ended_at` is set to the time just after the last frame.
+#[allow(clippy::too_many_arguments)]
 fn run_capture(
     mut source: Box<dyn VideoSource>,
     clock: MediaClock,
+    t0: i64,
     fps: u32,
     duration: Option<Duration>,
     raw: &FrameQueue<VideoFrame>,
     stop: &AtomicBool,
     counters: &PipelineCounters,
+    ended_at: &AtomicI64,
 ) -> Result<()> {
-    let t0 = clock.now_us();
     let pts_of = |tick: u64| t0 + (tick as u128 * 1_000_000 / fps as u128) as i64;
     let end_us = duration.map(|d| d.as_micros() as i64);
     let mut tick = 0u64;
@@ -349,8 +477,104 @@ fn run_capture(
     if tick == 0 || last.is_none() {
         tracing::warn!("capture ended before the first frame");
     }
+    let end = if last.is_some() { pts_of(tick) } else { t0 };
+    ended_at.store(end, Ordering::SeqCst);
     raw.close();
     result
+}
+
+/// The audio clock master: every mixer frame is due at a fixed time after t0, whatever the
+/// sources deliver; each frame is mixed, encoded by every audio encoder and fanned out to the
+/// outputs taking that codec. Ends at the video's end (`end_us`), flushes, closes its side of
+/// the output queues, then stops the sources.
+fn run_audio(
+    inputs: Vec<PulseInput>,
+    mut encoders: Vec<Box<dyn AudioEncoder>>,
+    clock: MediaClock,
+    t0: i64,
+    end_us: &AtomicI64,
+    counters: &AudioCounters,
+    outputs: &[Arc<OutputCounters>],
+) -> Result<()> {
+    let mut mixer = Mixer::new(inputs.iter().map(|i| i.input.clone()).collect());
+    // AAC's 1024 when an output takes AAC, else Opus's 960; other encoders re-cut.
+    let n = encoders
+        .first()
+        .map(|e| e.info().frame_size as i64)
+        .unwrap_or(1024);
+    let base = mix::us_to_sample(t0);
+    let mut buf = vec![0f32; n as usize * mix::CHANNELS];
+    let mut packets = Vec::new();
+    let result = (|| -> Result<()> {
+        let mut k = 0i64;
+        loop {
+            let start = base + k * n;
+            let frame_end_us = mix::sample_to_us(start + n);
+            let due = frame_end_us + MIX_DELAY_US;
+            // Wait for the frame's time, or for the video to end before it.
+            let done = loop {
+                let end = end_us.load(Ordering::SeqCst);
+                if end != i64::MAX && frame_end_us > end {
+                    break true;
+                }
+                let now = clock.now_us();
+                if now >= due {
+                    if now - due > mix::sample_to_us(n) {
+                        counters.late_frames.fetch_add(1, Ordering::Relaxed);
+                    }
+                    break false;
+                }
+                std::thread::sleep(Duration::from_micros((due - now).min(20_000) as u64));
+            };
+            if done {
+                break;
+            }
+            mixer.mix(start, &mut buf);
+            for enc in encoders.iter_mut() {
+                enc.encode(start, &buf, &mut packets)?;
+                fan_out_audio(enc.info().codec, &mut packets, counters, outputs);
+            }
+            counters.frames_mixed.fetch_add(1, Ordering::Relaxed);
+            counters
+                .samples_mixed
+                .fetch_add(n as u64, Ordering::Relaxed);
+            k += 1;
+        }
+        for enc in encoders.iter_mut() {
+            enc.flush(&mut packets)?;
+            fan_out_audio(enc.info().codec, &mut packets, counters, outputs);
+        }
+        Ok(())
+    })();
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "audio_failed");
+    }
+    for o in outputs {
+        o.queue.close();
+    }
+    drop(inputs);
+    result
+}
+
+/// Audio packets go to every output taking their codec; queues never drop them.
+fn fan_out_audio(
+    codec: AudioCodec,
+    packets: &mut Vec<EncodedPacket>,
+    counters: &AudioCounters,
+    outputs: &[Arc<OutputCounters>],
+) {
+    for p in packets.drain(..) {
+        counters.packets.fetch_add(1, Ordering::Relaxed);
+        counters
+            .bytes
+            .fetch_add(p.data.len() as u64, Ordering::Relaxed);
+        let p = Arc::new(p);
+        for o in outputs {
+            if o.audio == Some(codec) && !o.failed.load(Ordering::Relaxed) {
+                o.queue.push(p.clone());
+            }
+        }
+    }
 }
 
 fn run_encode(

@@ -4,10 +4,11 @@
 //!   works on the newest picture and latency stays bounded.
 //! * [`PacketQueue`] (encoded packets, encode → one output): never drop a frame another frame
 //!   references. When over budget, incoming non-key video is dropped from that point until the
-//!   next keyframe, and the encoder is asked for one. Audio packets (later issue) are never dropped.
+//!   next keyframe, and the encoder is asked for one. Audio packets are never dropped (and do not
+//!   count against the packet budget): a gap in audio is audible, a dropped video frame barely.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -153,6 +154,8 @@ pub struct PacketQueue {
     inner: Arc<Inner<Arc<EncodedPacket>>>,
     max_duration_us: i64,
     policy: Arc<Mutex<PacketState>>,
+    /// Threads that push (video encoder, audio thread); the queue closes when all have closed.
+    producers: Arc<AtomicUsize>,
 }
 
 impl Clone for PacketQueue {
@@ -161,6 +164,7 @@ impl Clone for PacketQueue {
             inner: self.inner.clone(),
             max_duration_us: self.max_duration_us,
             policy: self.policy.clone(),
+            producers: self.producers.clone(),
         }
     }
 }
@@ -173,11 +177,17 @@ impl PacketQueue {
             policy: Arc::new(Mutex::new(PacketState {
                 dropping_until_key: false,
             })),
+            producers: Arc::new(AtomicUsize::new(1)),
         }
     }
 
+    /// One more thread will push (and call `close` when done).
+    pub fn add_producer(&self) {
+        self.producers.fetch_add(1, Ordering::SeqCst);
+    }
+
     fn over_budget(&self, items: &VecDeque<Arc<EncodedPacket>>) -> bool {
-        if items.len() >= self.inner.capacity {
+        if items.iter().filter(|p| !p.is_audio()).count() >= self.inner.capacity {
             return true;
         }
         match (items.front(), items.back()) {
@@ -189,11 +199,14 @@ impl PacketQueue {
     pub fn push(&self, pkt: Arc<EncodedPacket>) -> PushOutcome {
         let mut policy = self.policy.lock().unwrap_or_else(|p| p.into_inner());
         let mut st = self.inner.lock();
-        let outcome = if pkt.keyframe {
+        let outcome = if pkt.is_audio() {
+            PushOutcome::Queued
+        } else if pkt.keyframe {
             policy.dropping_until_key = false;
             if self.over_budget(&st.items) {
-                let discarded = st.items.len();
-                st.items.clear();
+                let before = st.items.len();
+                st.items.retain(|p| p.is_audio());
+                let discarded = before - st.items.len();
                 self.inner
                     .dropped
                     .fetch_add(discarded as u64, Ordering::Relaxed);
@@ -230,8 +243,11 @@ impl PacketQueue {
         self.inner.pop_timeout(timeout)
     }
 
+    /// A producer is done; the consumer sees `Closed` once every producer is.
     pub fn close(&self) {
-        self.inner.close()
+        if self.producers.fetch_sub(1, Ordering::SeqCst) <= 1 {
+            self.inner.close()
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -267,7 +283,51 @@ mod tests {
             dts_us: i * 33_333,
             duration_us: 33_333,
             keyframe: key,
+            media: crate::encode::MediaKind::Video,
         })
+    }
+
+    fn audio(i: i64) -> Arc<EncodedPacket> {
+        Arc::new(EncodedPacket {
+            data: Arc::from(vec![0u8; 4]),
+            pts_us: i * 21_333,
+            dts_us: i * 21_333,
+            duration_us: 21_333,
+            keyframe: false,
+            media: crate::encode::MediaKind::Audio,
+        })
+    }
+
+    #[test]
+    fn audio_is_never_dropped_nor_flushed() {
+        let q = PacketQueue::new(2, Duration::from_secs(10));
+        q.push(pkt(0, true));
+        for i in 0..10 {
+            assert_eq!(q.push(audio(i)), PushOutcome::Queued);
+        }
+        // Audio does not count against the packet budget.
+        assert_eq!(q.push(pkt(1, false)), PushOutcome::Queued);
+        assert!(matches!(q.push(pkt(2, false)), PushOutcome::Dropped { .. }));
+        assert_eq!(q.push(audio(10)), PushOutcome::Queued);
+        // A keyframe on a full queue discards the video backlog only.
+        assert_eq!(q.push(pkt(3, true)), PushOutcome::Flushed { discarded: 2 });
+        assert_eq!(q.len(), 12);
+    }
+
+    #[test]
+    fn closes_when_every_producer_closed() {
+        let q = PacketQueue::new(2, Duration::from_secs(1));
+        q.add_producer();
+        q.close();
+        assert!(matches!(
+            q.pop_timeout(Duration::from_millis(1)),
+            Pop::Empty
+        ));
+        q.close();
+        assert!(matches!(
+            q.pop_timeout(Duration::from_millis(1)),
+            Pop::Closed
+        ));
     }
 
     #[test]

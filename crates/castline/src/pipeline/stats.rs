@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use super::queue::PacketQueue;
+use crate::encode::AudioCodec;
 use crate::error::ErrorReport;
+use crate::mix::{AudioInput, SAMPLE_RATE};
 use crate::output::LinkReport;
 
 #[derive(Default)]
@@ -37,8 +39,28 @@ pub enum OutputState {
     Failed,
 }
 
+/// Counters of the audio thread (mixer + audio encoders).
+#[derive(Default)]
+pub struct AudioCounters {
+    /// Mixer frames produced (each the mixer's frame size).
+    pub frames_mixed: AtomicU64,
+    pub samples_mixed: AtomicU64,
+    /// Frames mixed later than their schedule by more than one frame (thread starved).
+    pub late_frames: AtomicU64,
+    pub packets: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+/// What the stats read about audio: the thread's counters and every input's lanes.
+pub struct AudioStats {
+    pub counters: Arc<AudioCounters>,
+    pub inputs: Vec<Arc<AudioInput>>,
+}
+
 pub struct OutputCounters {
     pub name: String,
+    /// Which audio encoder feeds this output (None when the run has no audio).
+    pub audio: Option<AudioCodec>,
     pub bytes: AtomicU64,
     pub packets: AtomicU64,
     pub queue: PacketQueue,
@@ -54,6 +76,7 @@ impl OutputCounters {
     pub fn new(name: String, queue: PacketQueue) -> Self {
         Self {
             name,
+            audio: None,
             bytes: AtomicU64::new(0),
             packets: AtomicU64::new(0),
             queue,
@@ -103,6 +126,36 @@ pub struct StatsSnapshot {
     pub queues: QueueDepths,
     pub drops: Drops,
     pub outputs: Vec<OutputSnapshot>,
+    /// Absent when the run has no audio.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio: Option<AudioSnapshot>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AudioSnapshot {
+    /// Audio produced so far, seconds (follows the video's media time).
+    pub media_s: f64,
+    pub bitrate_kbps: f64,
+    pub frames_mixed: u64,
+    pub late_frames: u64,
+    pub sources: Vec<AudioSourceSnapshot>,
+}
+
+/// One input (`system`, `mic`, `app:NAME`), summed over its streams; cumulative counts.
+#[derive(Debug, Clone, Serialize)]
+pub struct AudioSourceSnapshot {
+    pub name: String,
+    /// A stream is capturing (false: device unplugged, application not playing, server gone).
+    pub live: bool,
+    pub streams: usize,
+    pub captured_s: f64,
+    /// Time filled with silence because a live stream had no data in time.
+    pub underrun_ms: f64,
+    /// Time of samples that arrived after their mix time (dropped).
+    pub late_ms: f64,
+    pub resyncs: u64,
+    /// Peak level of the last mixed frame, dBFS (-100 = silence).
+    pub peak_dbfs: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -146,6 +199,7 @@ pub struct StatsSampler {
     last_encoded: u64,
     last_bytes: u64,
     last_out_bytes: Vec<u64>,
+    last_audio_bytes: u64,
 }
 
 impl StatsSampler {
@@ -157,6 +211,7 @@ impl StatsSampler {
             last_encoded: 0,
             last_bytes: 0,
             last_out_bytes: Vec::new(),
+            last_audio_bytes: 0,
         }
     }
 
@@ -167,6 +222,7 @@ impl StatsSampler {
         raw_depth: usize,
         raw_dropped: u64,
         outputs: &[Arc<OutputCounters>],
+        audio: Option<&AudioStats>,
     ) -> StatsSnapshot {
         let dt = (time_s - self.last_t).max(1e-3);
         let captured = c.frames_captured.load(Ordering::Relaxed);
@@ -211,6 +267,7 @@ impl StatsSampler {
                 }
             })
             .collect::<Vec<_>>();
+        let audio = audio.map(|a| self.audio_snapshot(a, dt));
         let d_captured = captured - self.last_captured;
         let snap = StatsSnapshot {
             time_s: round2(time_s),
@@ -233,6 +290,7 @@ impl StatsSampler {
                 output: outs.iter().map(|o| o.dropped).sum(),
             },
             outputs: outs,
+            audio,
         };
         self.last_t = time_s;
         self.last_captured = captured;
@@ -240,6 +298,56 @@ impl StatsSampler {
         self.last_encoded = encoded;
         self.last_bytes = bytes;
         snap
+    }
+}
+
+impl StatsSampler {
+    fn audio_snapshot(&mut self, a: &AudioStats, dt: f64) -> AudioSnapshot {
+        let c = &a.counters;
+        let bytes = c.bytes.load(Ordering::Relaxed);
+        let kbps = (bytes - self.last_audio_bytes) as f64 * 8.0 / 1000.0 / dt;
+        self.last_audio_bytes = bytes;
+        let ms = |frames: u64| round2(frames as f64 * 1000.0 / SAMPLE_RATE as f64);
+        let sources = a
+            .inputs
+            .iter()
+            .map(|input| {
+                let lanes = input.lanes();
+                let sum = |f: &dyn Fn(&crate::mix::LaneCounters) -> &AtomicU64| {
+                    lanes
+                        .iter()
+                        .map(|l| f(&l.counters).load(Ordering::Relaxed))
+                        .sum::<u64>()
+                };
+                let peak = lanes
+                    .iter()
+                    .map(|l| l.counters.peak_ppm.load(Ordering::Relaxed))
+                    .max()
+                    .unwrap_or(0) as f64
+                    / 1e6;
+                AudioSourceSnapshot {
+                    name: input.name.clone(),
+                    live: lanes.iter().any(|l| l.is_live()),
+                    streams: lanes.iter().filter(|l| l.is_live()).count(),
+                    captured_s: round2(ms(sum(&|c| &c.captured)) / 1000.0),
+                    underrun_ms: ms(sum(&|c| &c.underrun)),
+                    late_ms: ms(sum(&|c| &c.late)),
+                    resyncs: sum(&|c| &c.resyncs),
+                    peak_dbfs: if peak > 1e-5 {
+                        round2(20.0 * peak.log10())
+                    } else {
+                        -100.0
+                    },
+                }
+            })
+            .collect();
+        AudioSnapshot {
+            media_s: round2(c.samples_mixed.load(Ordering::Relaxed) as f64 / SAMPLE_RATE as f64),
+            bitrate_kbps: round2(kbps),
+            frames_mixed: c.frames_mixed.load(Ordering::Relaxed),
+            late_frames: c.late_frames.load(Ordering::Relaxed),
+            sources,
+        }
     }
 }
 
