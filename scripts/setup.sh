@@ -9,6 +9,8 @@ PKGS=(
   libavfilter-dev libavdevice-dev
   # tests: a real X server, ffprobe/ffmpeg to read results back, nginx-rtmp as RTMP server
   xvfb ffmpeg nginx libnginx-mod-rtmp libnginx-mod-stream openssl
+  # audio: PulseAudio client library (build), a headless daemon and pactl for the tests
+  libpulse-dev pulseaudio pulseaudio-utils
   # benchmark: the tools users run today, and /usr/bin/time for CPU and RSS
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad gstreamer1.0-x time

@@ -193,12 +193,17 @@ pub fn probe(path: &Path) -> Probe {
 
 /// ffprobe `-show_entries ENTRIES` of the first video stream, one CSV line per item.
 pub fn probe_entries(path: &Path, entries: &str) -> Vec<String> {
+    probe_stream(path, "v:0", entries)
+}
+
+/// `ffprobe -show_entries` of the streams `select` picks (`v:0`, `a:0`), one value per line.
+pub fn probe_stream(path: &Path, select: &str, entries: &str) -> Vec<String> {
     let out = Command::new("ffprobe")
         .args([
             "-v",
             "error",
             "-select_streams",
-            "v:0",
+            select,
             "-show_entries",
             entries,
             "-of",
@@ -532,4 +537,174 @@ pub fn json_stats(stderr: &str) -> Vec<serde_json::Value> {
         .filter(|l| l.starts_with('{'))
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
+}
+
+/// A private, headless PulseAudio daemon with two null sinks: `speakers` (the default sink; its
+/// monitor is "system audio") and `micsink` (its monitor is the default source: a virtual
+/// microphone that can be unplugged by unloading its module).
+pub struct Pulse {
+    pub dir: PathBuf,
+    pub server: String,
+    /// Module index of `micsink` (for `unplug_mic`).
+    pub mic_module: u32,
+    _proc: Proc,
+}
+
+impl Pulse {
+    pub fn start(name: &str) -> Pulse {
+        let dir = tmpdir(&format!("pulse-{name}"));
+        let sock = dir.join("native");
+        let script = dir.join("default.pa");
+        std::fs::write(
+            &script,
+            format!(
+                "load-module module-native-protocol-unix auth-anonymous=1 socket={}\n\
+                 load-module module-null-sink sink_name=speakers\n\
+                 set-default-sink speakers\n",
+                sock.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("pulseaudio")
+            .args([
+                "-n",
+                "--daemonize=no",
+                "--exit-idle-time=-1",
+                "--disallow-exit",
+                "--use-pid-file=no",
+                "-F",
+            ])
+            .arg(&script)
+            .env("XDG_RUNTIME_DIR", &dir)
+            .env("HOME", &dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pulseaudio is installed (apt-get install pulseaudio)");
+        let proc = Proc(child);
+        let t0 = Instant::now();
+        while !sock.exists() && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut p = Pulse {
+            server: format!("unix:{}", sock.display()),
+            dir,
+            mic_module: 0,
+            _proc: proc,
+        };
+        let out = p.pactl(&["load-module", "module-null-sink", "sink_name=micsink"]);
+        p.mic_module = out.trim().parse().expect("module index");
+        p.pactl(&["set-default-source", "micsink.monitor"]);
+        p
+    }
+
+    /// Point a command at this server.
+    pub fn env<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        cmd.env("PULSE_SERVER", &self.server)
+            .env("XDG_RUNTIME_DIR", &self.dir)
+            .env("HOME", &self.dir)
+    }
+
+    pub fn pactl(&self, args: &[&str]) -> String {
+        let out = self
+            .env(&mut Command::new("pactl"))
+            .args(args)
+            .output()
+            .expect("pactl (apt-get install pulseaudio-utils)");
+        assert!(out.status.success(), "pactl {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Play a sine of `freq` Hz into `sink` as application `app`, until dropped.
+    pub fn tone(&self, freq: u32, app: &str, sink: &str) -> Proc {
+        let p = self
+            .env(&mut Command::new("ffmpeg"))
+            .args([
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-re",
+                "-f",
+                "lavfi",
+                "-i",
+            ])
+            .arg(format!("sine=frequency={freq}:sample_rate=48000"))
+            .args(["-f", "pulse", "-name", app, "-device", sink, "tone"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Until the stream exists on the server.
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(10) {
+            if self
+                .pactl(&["list", "sink-inputs"])
+                .contains(&format!("application.name = \"{app}\""))
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Proc(p)
+    }
+
+    /// Remove the virtual microphone, as if it were unplugged.
+    pub fn unplug_mic(&self) {
+        self.pactl(&["unload-module", &self.mic_module.to_string()]);
+    }
+}
+
+/// Decoded audio of a file: interleaved stereo f32 at 48 kHz, and the stream's start time.
+pub fn decode_audio(path: &Path) -> (Vec<f32>, f64) {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args([
+            "-map", "0:a", "-ac", "2", "-ar", "48000", "-f", "f32le", "-",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "decode audio: {out:?}");
+    let samples = out
+        .stdout
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let start = probe_stream(path, "a:0", "stream=start_time")
+        .first()
+        .and_then(|s| s.trim_end_matches(',').parse().ok())
+        .unwrap_or(0.0);
+    (samples, start)
+}
+
+/// Left channel of interleaved stereo between `from` and `to` seconds.
+pub fn window(samples: &[f32], from: f64, to: f64) -> Vec<f32> {
+    let a = (from * 48_000.0) as usize;
+    let b = ((to * 48_000.0) as usize).min(samples.len() / 2);
+    (a..b).map(|i| samples[i * 2]).collect()
+}
+
+/// Amplitude of the `freq` component (Goertzel), 1.0 = full-scale sine.
+pub fn tone_amplitude(x: &[f32], freq: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * freq / 48_000.0;
+    let coeff = 2.0 * w.cos();
+    let (mut s1, mut s2) = (0f64, 0f64);
+    for &v in x {
+        let s0 = v as f64 + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+    2.0 * power.max(0.0).sqrt() / x.len().max(1) as f64
+}
+
+/// The strongest frequency between 100 and 2000 Hz (5 Hz steps).
+pub fn dominant_frequency(x: &[f32]) -> f64 {
+    (20..=400)
+        .map(|k| k as f64 * 5.0)
+        .max_by(|a, b| tone_amplitude(x, *a).total_cmp(&tone_amplitude(x, *b)))
+        .unwrap()
+}
+
+pub fn rms(x: &[f32]) -> f64 {
+    (x.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / x.len().max(1) as f64).sqrt()
 }

@@ -9,8 +9,11 @@
 //!
 //! Each input runs its own thread with its own (non-threaded) PulseAudio main loop. Streams ask
 //! for 48 kHz stereo float, so the server converts and resamples, and for 10 ms fragments (the
-//! default would be ~650 ms of capture latency). Chunks are stamped with their capture time
-//! (now − the stream's latency, as FFmpeg's pulse input does) and written into the mixer's lanes.
+//! default would be ~650 ms of capture latency). Chunks are stamped with their arrival time (the
+//! last sample of a 10 ms fragment was captured about now) and written into the mixer's lanes,
+//! which keep them sample-contiguous and follow clock drift. (PulseAudio's own latency reports,
+//! as FFmpeg's pulse input uses them, swing by hundreds of milliseconds for the first second of a
+//! monitor stream; measured, arrival time was the steadier clock.)
 //!
 //! A stream that fails (device unplugged, server restarted) marks its lane not live: the mixer
 //! fills silence. The thread keeps trying to reopen the same device (never a different one: a
@@ -490,10 +493,7 @@ fn open_stream(
         .connect_record(
             Some(device),
             Some(&attr),
-            StreamFlags::ADJUST_LATENCY
-                | StreamFlags::AUTO_TIMING_UPDATE
-                | StreamFlags::INTERPOLATE_TIMING
-                | StreamFlags::DONT_MOVE,
+            StreamFlags::ADJUST_LATENCY | StreamFlags::AUTO_TIMING_UPDATE | StreamFlags::DONT_MOVE,
         )
         .map_err(|e| audio_err(e.to_string().unwrap_or_default()))?;
     let deadline = Instant::now() + CONNECT_TIMEOUT;
@@ -530,18 +530,15 @@ fn drain(rec: &mut Recording, clock: &MediaClock, scratch: &mut Vec<f32>) -> boo
             PeekResult::Empty => return true,
             PeekResult::Hole(_) => {}
             PeekResult::Data(bytes) => {
-                let latency_us = match rec.stream.get_latency() {
-                    Ok(pa::stream::Latency::Positive(MicroSeconds(us))) => us as i64,
-                    Ok(pa::stream::Latency::Negative(MicroSeconds(us))) => -(us as i64),
-                    _ => 0,
-                };
                 scratch.clear();
                 scratch.extend(
                     bytes
                         .chunks_exact(4)
                         .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
                 );
-                let at = mix::us_to_sample(clock.now_us() - latency_us);
+                // The chunk's last sample was captured about now (10 ms fragments); its first
+                // one a chunk earlier. The lane smooths arrival jitter and follows drift.
+                let at = mix::us_to_sample(clock.now_us()) - (scratch.len() / mix::CHANNELS) as i64;
                 rec.lane.push(at, scratch);
             }
         }
