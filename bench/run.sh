@@ -7,6 +7,8 @@
 #   bench/run.sh [SECONDS]          # default 20 s per run; writes bench/out/ and prints a table
 #   bench/run.sh 20 >> bench/RESULTS.md
 #   BENCH_ONLY=rtmp bench/run.sh    # only the streaming job
+#   BENCH_ONLY=audio bench/run.sh   # only the jobs with system audio (a private PulseAudio
+#                                   # daemon plays a tone; the player's CPU is not counted)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -35,7 +37,7 @@ load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;
 daemon off; master_process off; pid $NGINX_DIR/nginx.pid; error_log $NGINX_DIR/error.log;
 events { worker_connections 64; }
 rtmp { server { listen 127.0.0.1:$RTMP_PORT; access_log off;
-  application live { live on; record video; record_path $NGINX_DIR/rec; record_unique off; } } }
+  application live { live on; record all; record_path $NGINX_DIR/rec; record_unique off; } } }
 CONF
 nginx -p "$NGINX_DIR" -e "$NGINX_DIR/error.log" -c "$NGINX_DIR/nginx.conf" &
 NGINX_PID=$!
@@ -104,7 +106,7 @@ echo "CPU seconds (user+sys of the capturing process) / achieved fps (frames in 
 echo
 echo "| job | castline | ffmpeg | GStreamer | CPU vs ffmpeg | CPU vs GStreamer | RSS vs GStreamer |"
 echo "|---|---|---|---|---|---|---|"
-if [ "${BENCH_ONLY:-}" != rtmp ]; then
+if [ -z "${BENCH_ONLY:-}" ]; then
   row "1080p30-veryfast" 1920 1080 30 veryfast --fps 60
   row "1080p30-ultrafast" 1920 1080 30 ultrafast --fps 60
   row "1440p60-ultrafast" 2560 1440 60 ultrafast --fps 60
@@ -129,8 +131,62 @@ row_rtmp() { # JOB W H FPS PRESET CONTENT... : the same capture, streamed to ngi
   report "$job" "$c" "$f" "$g"
 }
 
-echo
-row_rtmp "1080p30-veryfast-rtmp" 1920 1080 30 veryfast --fps 60
+if [ -z "${BENCH_ONLY:-}" ] || [ "${BENCH_ONLY:-}" = rtmp ]; then
+  echo
+  row_rtmp "1080p30-veryfast-rtmp" 1920 1080 30 veryfast --fps 60
+fi
+
+# Audio jobs: the same 1080p30 veryfast capture plus the system sound (the default sink's
+# monitor) as AAC 128 kb/s, to MP4 and to RTMP. ffmpeg runs with its default settings (what
+# users type); GStreamer's AAC encoder here is voaacenc (no avenc_aac in Debian's set).
+row_audio() { # JOB TARGET(mp4|rtmp)
+  local job=$1 target=$2 w=1920 h=1080 fps=30 preset=veryfast
+  start_display "$w" "$h" --fps 60
+  local n=$((fps * SECS)) url="rtmp://127.0.0.1:$RTMP_PORT/live"
+  local cf ff gf cout fout gsink
+  if [ "$target" = mp4 ]; then
+    cf="$OUT/$job-castline.mp4"; ff="$OUT/$job-ffmpeg.mp4"; gf="$OUT/$job-gstreamer.mp4"
+    cout=(record "$cf"); fout=("$ff"); gsink=(mp4mux name=mux ! filesink location="$gf")
+  else
+    cf="$NGINX_DIR/rec/ca.flv"; ff="$NGINX_DIR/rec/fa.flv"; gf="$NGINX_DIR/rec/ga.flv"
+    cout=(stream "$url/ca"); fout=(-f flv "$url/fa"); gsink=(flvmux name=mux streamable=true ! rtmp2sink location="$url/ga")
+  fi
+  local c f g
+  c=$(measure "$job-castline" "$cf" "$CASTLINE" "${cout[@]}" --audio system \
+      --fps "$fps" --preset "$preset" --bitrate 5M --duration "$SECS" --no-cursor --stats off --encoder x264)
+  f=$(measure "$job-ffmpeg" "$ff" ffmpeg -nostdin -y -loglevel error \
+      -f x11grab -framerate "$fps" -video_size "${w}x${h}" -draw_mouse 0 -i "$DISPLAY" \
+      -f pulse -i speakers.monitor -t "$SECS" \
+      -c:v libx264 -preset "$preset" -tune zerolatency -b:v 5M -maxrate 5M -bufsize 5M \
+      -pix_fmt yuv420p -c:a aac -b:a 128k "${fout[@]}")
+  g=$(measure "$job-gstreamer" "$gf" timeout -s INT $((SECS * 3)) gst-launch-1.0 -q -e \
+      ximagesrc use-damage=false show-pointer=false num-buffers="$n" \
+      ! "video/x-raw,framerate=$fps/1" ! videoconvert ! video/x-raw,format=I420 \
+      ! x264enc speed-preset="$preset" tune=zerolatency bitrate=5000 ! h264parse ! queue ! mux. \
+      pulsesrc device=speakers.monitor num-buffers=$((SECS * 100)) buffer-time=100000 latency-time=10000 \
+      ! audioconvert ! audioresample ! audio/x-raw,rate=48000,channels=2 \
+      ! voaacenc bitrate=128000 ! aacparse ! queue ! mux. "${gsink[@]}")
+  report "$job" "$c" "$f" "$g"
+}
+
+if [ -z "${BENCH_ONLY:-}" ] || [ "${BENCH_ONLY:-}" = audio ]; then
+  PA_DIR=$PWD/$OUT/pulse
+  rm -rf "$PA_DIR"; mkdir -p "$PA_DIR"
+  printf 'load-module module-native-protocol-unix auth-anonymous=1 socket=%s/native\nload-module module-null-sink sink_name=speakers\nset-default-sink speakers\n' "$PA_DIR" >"$PA_DIR/default.pa"
+  XDG_RUNTIME_DIR=$PA_DIR HOME=$PA_DIR pulseaudio -n --daemonize=no --exit-idle-time=-1 \
+    --disallow-exit --use-pid-file=no -F "$PA_DIR/default.pa" >/dev/null 2>&1 &
+  PA_PID=$!
+  export PULSE_SERVER=unix:$PA_DIR/native
+  for _ in $(seq 50); do [ -e "$PA_DIR/native" ] && break; sleep 0.1; done
+  ffmpeg -nostdin -loglevel error -re -f lavfi -i sine=frequency=440:sample_rate=48000 \
+    -f pulse -name tone -device speakers tone &
+  TONE_PID=$!
+  trap 'cleanup; kill $NGINX_PID $TONE_PID $PA_PID 2>/dev/null || true' EXIT
+  sleep 1
+  echo
+  row_audio "1080p30-veryfast+audio-mp4" mp4
+  row_audio "1080p30-veryfast+audio-rtmp" rtmp
+fi
 echo
 echo "Conversion micro-benchmark:"
 echo
