@@ -165,10 +165,8 @@ impl Lane {
                     .fetch_add((stale / CHANNELS) as u64, Ordering::Relaxed);
             }
             st.samples.drain(..stale);
-            st.start = start.max(st.start + (stale / CHANNELS) as i64);
-            if st.samples.is_empty() {
-                st.start = start;
-            }
+            // Either the stale part is gone and the buffer now starts at `start`, or it emptied.
+            st.start = start;
         }
         let offset = (st.start - start).clamp(0, want) as usize;
         let avail = (st.samples.len() / CHANNELS).min(want as usize - offset);
@@ -234,21 +232,20 @@ impl AudioInput {
 /// Mixes every input's lanes into one interleaved stereo frame.
 pub struct Mixer {
     inputs: Vec<Arc<AudioInput>>,
-    /// Frames where clamping changed a sample (input too loud).
-    pub clipped: u64,
 }
 
 impl Mixer {
     pub fn new(inputs: Vec<Arc<AudioInput>>) -> Self {
-        Self { inputs, clipped: 0 }
+        Self { inputs }
     }
 
     pub fn inputs(&self) -> &[Arc<AudioInput>] {
         &self.inputs
     }
 
-    /// Mix frames `[start, start + out.len()/2)` into `out` (overwritten).
-    pub fn mix(&mut self, start: i64, out: &mut [f32]) {
+    /// Mix frames `[start, start + out.len()/2)` into `out` (overwritten). True when clamping
+    /// changed a sample (the inputs together were too loud).
+    pub fn mix(&mut self, start: i64, out: &mut [f32]) -> bool {
         out.fill(0.0);
         for input in &self.inputs {
             for lane in input.lanes() {
@@ -262,7 +259,7 @@ impl Mixer {
                 *s = s.clamp(-1.0, 1.0);
             }
         }
-        self.clipped += clipped as u64;
+        clipped
     }
 }
 
@@ -332,9 +329,8 @@ mod tests {
         b.add_lane(lb);
         let mut m = Mixer::new(vec![a, b]);
         let mut out = vec![9.0; 4];
-        m.mix(0, &mut out);
+        assert!(m.mix(0, &mut out));
         assert_eq!(out, vec![1.0, -0.25, 1.0, 1.0]);
-        assert_eq!(m.clipped, 1);
     }
 
     #[test]

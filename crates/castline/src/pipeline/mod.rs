@@ -529,7 +529,9 @@ fn run_audio(
             if done {
                 break;
             }
-            mixer.mix(start, &mut buf);
+            if mixer.mix(start, &mut buf) {
+                counters.clipped_frames.fetch_add(1, Ordering::Relaxed);
+            }
             for enc in encoders.iter_mut() {
                 enc.encode(start, &buf, &mut packets)?;
                 fan_out_audio(enc.info().codec, &mut packets, counters, outputs);

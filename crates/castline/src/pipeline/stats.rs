@@ -47,6 +47,8 @@ pub struct AudioCounters {
     pub samples_mixed: AtomicU64,
     /// Frames mixed later than their schedule by more than one frame (thread starved).
     pub late_frames: AtomicU64,
+    /// Mixer frames where the sum had to be clamped (inputs too loud together).
+    pub clipped_frames: AtomicU64,
     pub packets: AtomicU64,
     pub bytes: AtomicU64,
 }
@@ -138,6 +140,7 @@ pub struct AudioSnapshot {
     pub bitrate_kbps: f64,
     pub frames_mixed: u64,
     pub late_frames: u64,
+    pub clipped_frames: u64,
     pub sources: Vec<AudioSourceSnapshot>,
 }
 
@@ -346,6 +349,7 @@ impl StatsSampler {
             bitrate_kbps: round2(kbps),
             frames_mixed: c.frames_mixed.load(Ordering::Relaxed),
             late_frames: c.late_frames.load(Ordering::Relaxed),
+            clipped_frames: c.clipped_frames.load(Ordering::Relaxed),
             sources,
         }
     }
