@@ -11,6 +11,9 @@ PKGS=(
   xvfb ffmpeg nginx libnginx-mod-rtmp libnginx-mod-stream openssl
   # audio: PulseAudio client library (build), a headless daemon and pactl for the tests
   libpulse-dev pulseaudio pulseaudio-utils
+  # WebRTC tests: headless Chromium (driven by playwright-core from npm), and Janus (a real SFU
+  # for the WHIP interop test), iproute2 for its network namespace. Node.js: see below.
+  chromium janus iproute2
   # benchmark: the tools users run today, and /usr/bin/time for CPU and RSS
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad gstreamer1.0-x time
@@ -18,6 +21,10 @@ PKGS=(
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+# Node.js (with npm) for the browser tests, unless one is installed already (e.g. NodeSource's,
+# which Debian's npm package would conflict with).
+command -v npm >/dev/null 2>&1 || PKGS+=(nodejs npm)
 
 missing=()
 for p in "${PKGS[@]}"; do

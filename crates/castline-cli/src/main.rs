@@ -11,7 +11,7 @@ use castline::capture::{
     parse_audio_sources, pulse, x11, AudioSourceSpec, SourceOptions, SourceSpec,
 };
 use castline::encode::{EncoderKind, EncoderSettings, H264Profile};
-use castline::output::{OutputSpec, RtmpOptions};
+use castline::output::{OutputSpec, RtmpOptions, ServeOptions};
 use castline::pipeline::stats::StatsSnapshot;
 use castline::pipeline::{AudioConfig, Pipeline, PipelineConfig};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -45,6 +45,33 @@ enum Command {
     Stream {
         /// rtmp:// or rtmps:// URL.
         url: String,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+    },
+    /// Serve the stream to browsers over WebRTC: a viewer page with WebSocket signaling, and a
+    /// WHEP endpoint at /whep. Prints the viewer URL (with its access token).
+    Serve {
+        /// Address to listen on (HTTP; WebRTC media uses a UDP port on the same IP).
+        /// Default: $HOST:$PORT when set, else 127.0.0.1:8080.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Access token viewers must present; default: a random one per run.
+        #[arg(long)]
+        token: Option<String>,
+        /// Most viewers at once.
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        max_viewers: u64,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+    },
+    /// Publish over WebRTC to a WHIP endpoint (an SFU or media server), e.g.
+    /// https://sfu.example/whip/room.
+    Publish {
+        /// WHIP endpoint URL (http://, https://, or with a whip+ prefix).
+        url: String,
+        /// Bearer token for the WHIP endpoint (never printed).
+        #[arg(long, env = "CASTLINE_WHIP_BEARER", hide_env_values = true)]
+        bearer: Option<String>,
         #[command(flatten)]
         pipeline: PipelineArgs,
     },
@@ -91,9 +118,10 @@ struct PipelineArgs {
     /// x264 preset (ultrafast … veryslow).
     #[arg(long, default_value = "veryfast")]
     preset: String,
-    /// H.264 profile: baseline, main or high.
-    #[arg(long, default_value = "high", value_parser = parse_profile)]
-    profile: H264Profile,
+    /// H.264 profile: baseline, main or high. Default: high, or baseline when an output goes
+    /// to browsers/WebRTC (they cannot decode high).
+    #[arg(long, value_parser = parse_profile)]
+    profile: Option<H264Profile>,
     /// Keyframe interval in seconds.
     #[arg(long, default_value_t = 2.0, value_parser = parse_keyint)]
     keyint: f64,
@@ -341,7 +369,7 @@ fn main() -> ExitCode {
 fn init_logging() {
     let filter = std::env::var("CASTLINE_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".into());
+        .unwrap_or_else(|_| "info,str0m=warn,dimpl=warn,is=warn".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
@@ -356,7 +384,62 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::List { what } => list(what),
         Command::Record { file, pipeline } => {
             let primary = file.to_string_lossy().into_owned();
+            let primary = primary
+                .parse::<OutputSpec>()
+                .map_err(|e| usage(e.to_string()))?;
             run_pipeline(primary, pipeline)
+        }
+        Command::Serve {
+            listen,
+            token,
+            max_viewers,
+            pipeline,
+        } => {
+            let listen = match listen {
+                Some(l) => l,
+                None => format!(
+                    "{}:{}",
+                    std::env::var("HOST").unwrap_or_else(|_| "127.0.0.1".into()),
+                    std::env::var("PORT").unwrap_or_else(|_| "8080".into())
+                ),
+            };
+            let listen = std::net::ToSocketAddrs::to_socket_addrs(&listen)
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| usage(format!("invalid listen address '{listen}' (IP:PORT)")))?;
+            if let Some(t) = &token {
+                if t.len() < 8 || !t.chars().all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c)) {
+                    return Err(usage(
+                        "--token must be at least 8 characters of A-Z a-z 0-9 - _ . ~".into(),
+                    ));
+                }
+            }
+            run_pipeline(
+                OutputSpec::Serve(ServeOptions {
+                    listen,
+                    token,
+                    max_viewers: max_viewers as usize,
+                }),
+                pipeline,
+            )
+        }
+        Command::Publish {
+            url,
+            bearer,
+            pipeline,
+        } => {
+            let lower = url.to_ascii_lowercase();
+            let whip = lower.starts_with("http://")
+                || lower.starts_with("https://")
+                || lower.starts_with("whip+");
+            if !whip {
+                return Err(usage(format!(
+                    "'{}' is not a WHIP endpoint (http:// or https:// URL)",
+                    castline::output::whip::redact_whip_url(&url)
+                )));
+            }
+            castline::output::whip::parse_whip_url(&url).map_err(|e| usage(e.to_string()))?;
+            run_pipeline(OutputSpec::Whip { url, bearer }, pipeline)
         }
         Command::Stream { url, pipeline } => {
             let lower = url.to_ascii_lowercase();
@@ -366,7 +449,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     castline::output::redact_url(&url)
                 )));
             }
-            run_pipeline(url, pipeline)
+            let primary = url.parse::<OutputSpec>().map_err(|e| usage(e.to_string()))?;
+            run_pipeline(primary, pipeline)
         }
     }
 }
@@ -457,11 +541,22 @@ fn usage(message: String) -> Failure {
     Failure { code: 2, message }
 }
 
-fn run_pipeline(primary: String, a: PipelineArgs) -> Result<(), Failure> {
-    let mut outputs = Vec::new();
-    for o in std::iter::once(&primary).chain(a.outputs.iter()) {
+fn run_pipeline(primary: OutputSpec, a: PipelineArgs) -> Result<(), Failure> {
+    let mut outputs = vec![primary];
+    for o in &a.outputs {
         outputs.push(o.parse::<OutputSpec>().map_err(|e| usage(e.to_string()))?);
     }
+    let webrtc = outputs.iter().any(|o| o.is_webrtc());
+    let profile = match a.profile {
+        Some(H264Profile::High) if webrtc => {
+            return Err(usage(
+                "--profile high: browsers and WebRTC peers cannot decode High profile H.264; use baseline or main".into(),
+            ))
+        }
+        Some(p) => p,
+        None if webrtc => H264Profile::Baseline,
+        None => H264Profile::High,
+    };
     let cfg = PipelineConfig {
         source: a.source,
         source_options: SourceOptions {
@@ -474,7 +569,7 @@ fn run_pipeline(primary: String, a: PipelineArgs) -> Result<(), Failure> {
             kind: a.encoder,
             bitrate: a.bitrate,
             preset: a.preset,
-            profile: a.profile,
+            profile,
             keyint_s: a.keyint,
         },
         outputs,
@@ -488,6 +583,11 @@ fn run_pipeline(primary: String, a: PipelineArgs) -> Result<(), Failure> {
         castline::Error::Output(o) if o.is_usage() => usage(o.to_string()),
         e => Failure::from(e),
     })?;
+    for e in pipeline.endpoints() {
+        // The viewer URL holds the token: it goes to stdout for the user, never to the log.
+        println!("castline: viewer URL {e}");
+    }
+    let _ = std::io::stdout().flush();
     // First Ctrl-C/SIGTERM: graceful stop (files finalized). A second Ctrl-C: exit at once.
     let stop = pipeline.stop_handle();
     let hard = Arc::new(AtomicBool::new(false));

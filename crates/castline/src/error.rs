@@ -57,7 +57,7 @@ pub enum EncodeError {
 /// Output failures. URLs inside are always redacted (no stream keys or tokens).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum OutputError {
-    #[error("unsupported output '{0}': expected a path ending in .mp4 or .mov, or an rtmp:// or rtmps:// URL")]
+    #[error("unsupported output '{0}': expected a path ending in .mp4 or .mov, an rtmp:// or rtmps:// URL, serve://IP:PORT or whip+http(s)://…")]
     Unsupported(String),
     #[error("invalid stream URL '{url}': {reason}")]
     InvalidUrl { url: String, reason: String },
@@ -89,6 +89,8 @@ pub enum OutputError {
         attempts: u32,
         last: String,
     },
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind { addr: String, reason: String },
 }
 
 impl OutputError {
@@ -119,6 +121,7 @@ impl OutputError {
             Self::Stalled { .. } => "network_stall",
             Self::Lost { .. } => "connection_lost",
             Self::GaveUp { .. } => "gave_up",
+            Self::Bind { .. } => "bind_failed",
         }
     }
 

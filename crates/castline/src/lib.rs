@@ -9,5 +9,7 @@ pub mod error;
 pub mod mix;
 pub mod output;
 pub mod pipeline;
+pub mod server;
+pub mod webrtc;
 
 pub use error::{Error, ErrorClass, Result};

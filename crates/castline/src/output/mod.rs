@@ -5,14 +5,21 @@
 pub mod mp4;
 mod mux;
 pub mod rtmp;
+pub mod serve;
+pub mod whip;
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use crate::encode::{AudioCodec, EncodedPacket, MediaInfo};
 use crate::error::{ErrorReport, OutputError};
 use crate::pipeline::clock::MediaClock;
 
 pub use rtmp::{redact_url, RtmpOptions};
+pub use serve::ServeOptions;
+
+use crate::webrtc::Hub;
 
 /// What an output reports when it ends.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -58,6 +65,14 @@ pub trait Output: Send {
     fn started(&self) -> bool {
         true
     }
+    /// Where users reach this output (the viewer URL of `serve`, with its token).
+    fn endpoint(&self) -> Option<String> {
+        None
+    }
+    /// The WebRTC hub behind this output, for per-peer stats.
+    fn hub(&self) -> Option<Hub> {
+        None
+    }
 }
 
 /// Where to send the stream: parsed from a CLI argument.
@@ -67,6 +82,10 @@ pub enum OutputSpec {
     /// rtmp:// or rtmps:// URL (validated; may hold a stream key: never log it, use
     /// [`OutputSpec::name`]).
     Rtmp(String),
+    /// The built-in viewer server (`serve://HOST:PORT`).
+    Serve(ServeOptions),
+    /// WHIP publishing to an http(s) endpoint (may hold a token in its query: never log it).
+    Whip { url: String, bearer: Option<String> },
 }
 
 impl OutputSpec {
@@ -75,7 +94,14 @@ impl OutputSpec {
         match self {
             // MP4 could hold Opus too, but AAC is what every player of an .mp4 expects.
             Self::Mp4(_) | Self::Rtmp(_) => AudioCodec::Aac,
+            Self::Serve(_) | Self::Whip { .. } => AudioCodec::Opus,
         }
+    }
+
+    /// Whether this output goes to WebRTC peers, which only decode constrained baseline or
+    /// main profile H.264 (no High).
+    pub fn is_webrtc(&self) -> bool {
+        matches!(self, Self::Serve(_) | Self::Whip { .. })
     }
 
     /// A name safe to log.
@@ -83,6 +109,8 @@ impl OutputSpec {
         match self {
             Self::Mp4(p) => p.display().to_string(),
             Self::Rtmp(u) => redact_url(u),
+            Self::Serve(o) => format!("serve://{}", o.listen),
+            Self::Whip { url, .. } => format!("whip {}", whip::redact_whip_url(url)),
         }
     }
 }
@@ -91,6 +119,24 @@ impl std::str::FromStr for OutputSpec {
     type Err = OutputError;
     fn from_str(s: &str) -> Result<Self, OutputError> {
         let lower_url = s.to_ascii_lowercase();
+        if let Some(rest) = lower_url.strip_prefix("serve://") {
+            let addr = rest.trim_end_matches('/');
+            let listen = addr.parse().map_err(|_| OutputError::InvalidUrl {
+                url: s.to_string(),
+                reason: "expected serve://IP:PORT, e.g. serve://127.0.0.1:8080".into(),
+            })?;
+            return Ok(Self::Serve(ServeOptions {
+                listen,
+                ..ServeOptions::default()
+            }));
+        }
+        if lower_url.starts_with("whip+http://") || lower_url.starts_with("whip+https://") {
+            whip::parse_whip_url(s)?;
+            return Ok(Self::Whip {
+                url: s.to_string(),
+                bearer: None,
+            });
+        }
         if lower_url.starts_with("rtmp://") || lower_url.starts_with("rtmps://") {
             rtmp::RtmpTarget::parse(s)?;
             return Ok(Self::Rtmp(s.to_string()));
@@ -115,6 +161,7 @@ pub fn open_output(
     info: &MediaInfo,
     clock: MediaClock,
     rtmp: &RtmpOptions,
+    keyframe: Arc<AtomicBool>,
 ) -> Result<Box<dyn Output>, OutputError> {
     match spec {
         OutputSpec::Mp4(path) => Ok(Box::new(mp4::Mp4Output::create(path, info)?)),
@@ -122,6 +169,17 @@ pub fn open_output(
             url,
             info,
             clock,
+            rtmp.clone(),
+        )?)),
+        OutputSpec::Serve(o) => Ok(Box::new(serve::ServeOutput::start(
+            o, info, clock, keyframe,
+        )?)),
+        OutputSpec::Whip { url, bearer } => Ok(Box::new(whip::WhipOutput::connect(
+            url,
+            bearer.clone(),
+            info,
+            clock,
+            keyframe,
             rtmp.clone(),
         )?)),
     }

@@ -126,6 +126,7 @@ pub struct Pipeline {
     encode: JoinHandle<std::result::Result<(), Error>>,
     audio: Option<JoinHandle<std::result::Result<(), Error>>>,
     output_threads: Vec<JoinHandle<std::result::Result<OutputSummary, crate::error::OutputError>>>,
+    endpoints: Vec<String>,
 }
 
 impl Pipeline {
@@ -184,13 +185,14 @@ impl Pipeline {
             .iter()
             .map(|e| (e.info().codec, e.info().clone()))
             .collect();
+        let keyframe = Arc::new(AtomicBool::new(false));
         let mut outputs = Vec::new();
         for spec in &cfg.outputs {
             let media = MediaInfo {
                 video: info.clone(),
                 audio: audio_info.get(&spec.audio_codec()).cloned(),
             };
-            match output::open_output(spec, &media, clock, &cfg.rtmp) {
+            match output::open_output(spec, &media, clock, &cfg.rtmp, keyframe.clone()) {
                 Ok(o) => outputs.push((spec, o)),
                 Err(e) => {
                     // Undo the outputs already created so no empty files remain.
@@ -203,20 +205,28 @@ impl Pipeline {
         }
 
         let stop = Arc::new(AtomicBool::new(false));
-        let keyframe = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(PipelineCounters::default());
         let raw = FrameQueue::new(2);
 
         let mut out_counters = Vec::new();
         let mut output_threads = Vec::new();
+        let mut endpoints = Vec::new();
         for (spec, out) in outputs {
             let queue = match spec {
                 OutputSpec::Mp4(_) => {
                     PacketQueue::new(cfg.file_queue_packets, cfg.file_queue_duration)
                 }
                 OutputSpec::Rtmp(_) => PacketQueue::new(cfg.rtmp.buffer_packets, cfg.rtmp.buffer),
+                // Live to people: a short queue; late video is worse than a skipped frame.
+                OutputSpec::Serve(_) | OutputSpec::Whip { .. } => {
+                    PacketQueue::new(60, Duration::from_millis(500))
+                }
             };
+            if let Some(e) = out.endpoint() {
+                endpoints.push(e);
+            }
             let mut c = OutputCounters::new(out.name(), queue);
+            c.hub = out.hub();
             if !audio_encoders.is_empty() {
                 c.audio = Some(spec.audio_codec());
                 c.queue.add_producer();
@@ -285,7 +295,14 @@ impl Pipeline {
             encode,
             audio,
             output_threads,
+            endpoints,
         })
+    }
+
+    /// Where users reach the outputs that have an address (the viewer URL of `serve`, which
+    /// holds its token: show it to the user, never log it).
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
     }
 
     pub fn stream_info(&self) -> &VideoStreamInfo {

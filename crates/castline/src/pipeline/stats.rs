@@ -72,6 +72,8 @@ pub struct OutputCounters {
     pub finished: AtomicBool,
     pub link: Mutex<Option<LinkReport>>,
     pub error: Mutex<Option<ErrorReport>>,
+    /// WebRTC outputs: the hub whose peers are reported.
+    pub hub: Option<crate::webrtc::Hub>,
 }
 
 impl OutputCounters {
@@ -87,6 +89,7 @@ impl OutputCounters {
             finished: AtomicBool::new(false),
             link: Mutex::new(None),
             error: Mutex::new(None),
+            hub: None,
         }
     }
 
@@ -192,6 +195,12 @@ pub struct OutputSnapshot {
     pub reconnects: u32,
     /// The last error of this output (fatal, or transient while it reconnects).
     pub error: Option<ErrorReport>,
+    /// WebRTC outputs: one entry per peer (viewer, or the WHIP session).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peers: Option<Vec<crate::webrtc::PeerReport>>,
+    /// WebRTC outputs: keyframe requests from peers passed to the encoder (rate-limited).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keyframe_requests: Option<u64>,
 }
 
 /// Turns counters into per-interval snapshots.
@@ -267,6 +276,8 @@ impl StatsSampler {
                         .unwrap_or_else(|p| p.into_inner())
                         .clone()
                         .or_else(|| link.and_then(|l| l.last_error)),
+                    peers: o.hub.as_ref().map(|h| h.peers()),
+                    keyframe_requests: o.hub.as_ref().map(|h| h.keyframes_requested()),
                 }
             })
             .collect::<Vec<_>>();

@@ -1,0 +1,217 @@
+// Test fixture: drives Debian's headless Chromium as a WebRTC receiver for castline's tests.
+//
+//   node peer.mjs '<json plan>'
+//
+// The plan is {"steps": [...]}; each step's result is printed as one JSON line on stdout:
+//   {"op":"open","id":"a","url":"http://…/?token=…"}   viewer page (own browser process)
+//   {"op":"whep","id":"w","endpoint":"http://…/whep","token":"…"}
+//                                   a page on another origin that only uses the WHEP endpoint
+//   {"op":"wait_frames","id":"a","n":60,"timeout_ms":10000}   framesDecoded ≥ n
+//   {"op":"wait_audio","id":"a","timeout_ms":10000,"energy":0.001}  totalAudioEnergy grows
+//   {"op":"leave","id":"a"} / {"op":"join","id":"a"}   viewer page's signaling leave / join
+//   {"op":"stats","id":"a"}   one getStats() summary
+//   {"op":"latency","id":"a","seconds":30}   glass-to-glass: reads testsrc's embedded clock
+//   {"op":"close","id":"a"}   ({"op":"whep_delete","id":"w"} sends the WHEP DELETE first)
+//   {"op":"sleep","ms":1000}
+import { chromium } from 'playwright-core';
+
+const FLAGS = [
+  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  '--allow-loopback-in-peer-connection', '--use-fake-ui-for-media-stream',
+  '--use-fake-device-for-media-stream', '--disable-features=WebRtcHideLocalIpsWithMdns',
+  '--autoplay-policy=no-user-gesture-required',
+];
+
+const WHEP_ORIGIN = 'http://127.0.0.1:9';
+const WHEP_PAGE = `<!doctype html><html><body><video id="v" autoplay playsinline muted></video>
+<script>
+async function whep(endpoint, token) {
+  // Lets Chromium use loopback addresses (see shared facts).
+  window.gum = await navigator.mediaDevices.getUserMedia({ audio: true });
+  const pc = new RTCPeerConnection({ iceServers: [] });
+  window.whepPc = pc;
+  pc.addTransceiver('video', { direction: 'recvonly' });
+  pc.addTransceiver('audio', { direction: 'recvonly' });
+  const ms = new MediaStream();
+  document.getElementById('v').srcObject = ms;
+  pc.ontrack = (e) => ms.addTrack(e.track);
+  await pc.setLocalDescription(await pc.createOffer());
+  const r = await fetch(endpoint, { method: 'POST', body: pc.localDescription.sdp,
+    headers: { 'Content-Type': 'application/sdp', 'Authorization': 'Bearer ' + token } });
+  if (r.status !== 201) throw new Error('WHEP POST: HTTP ' + r.status);
+  window.whepLocation = new URL(r.headers.get('Location'), endpoint).href;
+  await pc.setRemoteDescription({ type: 'answer', sdp: await r.text() });
+  return window.whepLocation;
+}
+async function whepDelete(token) {
+  const r = await fetch(window.whepLocation, { method: 'DELETE',
+    headers: { 'Authorization': 'Bearer ' + token } });
+  window.whepPc.close();
+  return r.status;
+}
+</script></body></html>`;
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const pages = new Map();
+
+async function launch() {
+  return chromium.launch({ executablePath: '/usr/bin/chromium', args: FLAGS, headless: true });
+}
+
+async function stats(page) {
+  return page.evaluate(async () => {
+    const pc = (window.castline && window.castline.peerConnection()) || window.whepPc;
+    if (!pc) return null;
+    const out = { framesDecoded: 0, frameWidth: 0, frameHeight: 0, keyFramesDecoded: 0,
+      audioEnergy: 0, audioSamples: 0, pliCount: 0, nackCount: 0, packetsLost: 0,
+      videoCodec: null, audioCodec: null, state: pc.connectionState };
+    const report = await pc.getStats();
+    const codecs = {};
+    report.forEach((s) => { if (s.type === 'codec') codecs[s.id] = s.mimeType; });
+    report.forEach((s) => {
+      if (s.type !== 'inbound-rtp') return;
+      if (s.kind === 'video') {
+        out.framesDecoded = s.framesDecoded || 0;
+        out.frameWidth = s.frameWidth || 0;
+        out.frameHeight = s.frameHeight || 0;
+        out.keyFramesDecoded = s.keyFramesDecoded || 0;
+        out.pliCount = s.pliCount || 0;
+        out.nackCount = s.nackCount || 0;
+        out.packetsLost += s.packetsLost || 0;
+        out.videoCodec = codecs[s.codecId] || null;
+      } else if (s.kind === 'audio') {
+        out.audioEnergy = s.totalAudioEnergy || 0;
+        out.audioSamples = s.totalSamplesReceived || 0;
+        out.audioCodec = codecs[s.codecId] || null;
+      }
+    });
+    return out;
+  });
+}
+
+async function waitFor(page, timeoutMs, done) {
+  const t0 = Date.now();
+  let firstFrameMs = null;
+  let s = null;
+  while (Date.now() - t0 < timeoutMs) {
+    s = await stats(page);
+    if (s && s.framesDecoded > 0 && firstFrameMs === null) firstFrameMs = Date.now() - t0;
+    if (s && done(s)) return { ok: true, ms: Date.now() - t0, firstFrameMs, ...s };
+    await sleep(100);
+  }
+  return { ok: false, ms: Date.now() - t0, firstFrameMs, ...(s || {}) };
+}
+
+// Reads the clock testsrc embeds in every frame (see capture/testsrc.rs: 64 cells of 16×16 px
+// in the top-left row(s), white = 1, most significant bit first, UNIX time in ms) from the
+// decoded video, and compares it with this machine's clock.
+async function latency(page, seconds) {
+  return page.evaluate(async (seconds) => {
+    const v = document.querySelector('video');
+    const c = document.createElement('canvas');
+    const samples = [];
+    const t0 = performance.now();
+    await new Promise((resolve) => {
+      const onFrame = (now, meta) => {
+        if (performance.now() - t0 > seconds * 1000) return resolve();
+        c.width = v.videoWidth; c.height = v.videoHeight;
+        const ctx = c.getContext('2d', { willReadFrequently: true });
+        ctx.drawImage(v, 0, 0);
+        const w = window.__castlineClock;
+        if (w) {
+          const ms = w(ctx, c.width);
+          if (ms !== null) samples.push(Date.now() - ms);
+        }
+        v.requestVideoFrameCallback(onFrame);
+      };
+      v.requestVideoFrameCallback(onFrame);
+    });
+    samples.sort((a, b) => a - b);
+    const q = (p) => samples.length ? samples[Math.min(samples.length - 1, Math.floor(p * samples.length))] : null;
+    return { samples: samples.length, p50: q(0.5), p95: q(0.95), max: samples.length ? samples[samples.length - 1] : null };
+  }, seconds);
+}
+
+async function step(s) {
+  switch (s.op) {
+    case 'open': {
+      const browser = await launch();
+      const page = await browser.newPage();
+      await page.addInitScript(() => {
+        window.castlineBeforeConnect = async () => {
+          window.gum = await navigator.mediaDevices.getUserMedia({ audio: true });
+        };
+      });
+      if (s.clock_reader) await page.addInitScript({ content: s.clock_reader });
+      const resp = await page.goto(s.url);
+      pages.set(s.id, { browser, page });
+      return { status: resp.status() };
+    }
+    case 'whep': {
+      const browser = await launch();
+      const page = await browser.newPage();
+      await page.route(WHEP_ORIGIN + '/**', (route) =>
+        route.fulfill({ status: 200, contentType: 'text/html', body: WHEP_PAGE }));
+      if (s.clock_reader) await page.addInitScript({ content: s.clock_reader });
+      await page.goto(WHEP_ORIGIN + '/player.html');
+      pages.set(s.id, { browser, page });
+      try {
+        const location = await page.evaluate(([e, t]) => whep(e, t), [s.endpoint, s.token]);
+        return { ok: true, location };
+      } catch (e) {
+        return { ok: false, error: String(e.message || e) };
+      }
+    }
+    case 'wait_frames':
+      return waitFor(pages.get(s.id).page, s.timeout_ms || 10000,
+        (st) => st.framesDecoded >= (s.n || 60));
+    case 'wait_audio': {
+      const page = pages.get(s.id).page;
+      const before = (await stats(page)) || { audioEnergy: 0 };
+      return waitFor(page, s.timeout_ms || 10000,
+        (st) => st.audioEnergy - before.audioEnergy >= (s.energy || 0.001));
+    }
+    case 'stats':
+      return stats(pages.get(s.id).page);
+    case 'leave':
+      await pages.get(s.id).page.evaluate(() => window.castline.leave());
+      return { ok: true };
+    case 'join':
+      await pages.get(s.id).page.evaluate(() => window.castline.join());
+      return { ok: true };
+    case 'whep_delete': {
+      const status = await pages.get(s.id).page.evaluate((t) => whepDelete(t), s.token);
+      return { status };
+    }
+    case 'latency':
+      return latency(pages.get(s.id).page, s.seconds || 30);
+    case 'close': {
+      const p = pages.get(s.id);
+      pages.delete(s.id);
+      await p.browser.close();
+      return { ok: true };
+    }
+    case 'sleep':
+      await sleep(s.ms);
+      return { ok: true };
+    default:
+      throw new Error('unknown op ' + s.op);
+  }
+}
+
+const plan = JSON.parse(process.argv[2]);
+let failed = false;
+for (const s of plan.steps) {
+  let result;
+  try {
+    result = await step(s);
+  } catch (e) {
+    result = { ok: false, error: String(e.message || e) };
+    failed = true;
+  }
+  process.stdout.write(JSON.stringify({ op: s.op, id: s.id, ...result }) + '\n');
+  if (failed) break;
+}
+for (const { browser } of pages.values()) await browser.close().catch(() => {});
+process.exit(failed ? 1 : 0);
