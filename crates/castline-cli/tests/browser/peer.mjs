@@ -13,6 +13,7 @@
 //   {"op":"latency","id":"a","seconds":30}   glass-to-glass: reads testsrc's embedded clock
 //   {"op":"close","id":"a"}   ({"op":"whep_delete","id":"w"} sends the WHEP DELETE first)
 //   {"op":"sleep","ms":1000}
+import { createServer } from 'node:http';
 import { chromium } from 'playwright-core';
 
 const FLAGS = [
@@ -23,7 +24,6 @@ const FLAGS = [
   '--autoplay-policy=no-user-gesture-required',
 ];
 
-const WHEP_ORIGIN = 'http://127.0.0.1:9';
 const WHEP_PAGE = `<!doctype html><html><body><video id="v" autoplay playsinline muted></video>
 <script>
 async function whep(endpoint, token) {
@@ -34,7 +34,9 @@ async function whep(endpoint, token) {
   pc.addTransceiver('video', { direction: 'recvonly' });
   pc.addTransceiver('audio', { direction: 'recvonly' });
   const ms = new MediaStream();
-  document.getElementById('v').srcObject = ms;
+  const v = document.getElementById('v');
+  v.srcObject = ms;
+  v.muted = false;
   pc.ontrack = (e) => ms.addTrack(e.track);
   await pc.setLocalDescription(await pc.createOffer());
   const r = await fetch(endpoint, { method: 'POST', body: pc.localDescription.sdp,
@@ -51,6 +53,19 @@ async function whepDelete(token) {
   return r.status;
 }
 </script></body></html>`;
+
+// The WHEP page comes from its own origin (another port), so CORS is exercised for real.
+let whepServer = null;
+async function whepOrigin() {
+  if (!whepServer) {
+    whepServer = createServer((req, res) => {
+      res.writeHead(200, { 'Content-Type': 'text/html' });
+      res.end(WHEP_PAGE);
+    });
+    await new Promise((r) => whepServer.listen(0, '127.0.0.1', r));
+  }
+  return 'http://127.0.0.1:' + whepServer.address().port;
+}
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const pages = new Map();
@@ -146,15 +161,15 @@ async function step(s) {
       if (s.clock_reader) await page.addInitScript({ content: s.clock_reader });
       const resp = await page.goto(s.url);
       pages.set(s.id, { browser, page });
+      // Audio is only rendered (and its energy measured) when the element plays it.
+      await page.evaluate(() => { const v = document.querySelector('video'); if (v) v.muted = false; });
       return { status: resp.status() };
     }
     case 'whep': {
       const browser = await launch();
       const page = await browser.newPage();
-      await page.route(WHEP_ORIGIN + '/**', (route) =>
-        route.fulfill({ status: 200, contentType: 'text/html', body: WHEP_PAGE }));
       if (s.clock_reader) await page.addInitScript({ content: s.clock_reader });
-      await page.goto(WHEP_ORIGIN + '/player.html');
+      await page.goto((await whepOrigin()) + '/player.html');
       pages.set(s.id, { browser, page });
       try {
         const location = await page.evaluate(([e, t]) => whep(e, t), [s.endpoint, s.token]);
@@ -214,4 +229,5 @@ for (const s of plan.steps) {
   if (failed) break;
 }
 for (const { browser } of pages.values()) await browser.close().catch(() => {});
+if (whepServer) whepServer.close();
 process.exit(failed ? 1 : 0);

@@ -708,3 +708,129 @@ pub fn dominant_frequency(x: &[f32]) -> f64 {
 pub fn rms(x: &[f32]) -> f64 {
     (x.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / x.len().max(1) as f64).sqrt()
 }
+
+/// `castline serve …` in the background: the viewer URL it printed, its stderr in a file.
+pub struct Serve {
+    pub url: String,
+    pub base: String,
+    pub token: String,
+    pub log: PathBuf,
+    pub proc: Proc,
+}
+
+impl Serve {
+    /// Start `castline serve` with `args` (plus --listen on a free port) and wait for its URL.
+    pub fn start(name: &str, cmd: &mut Command, args: &[&str]) -> Serve {
+        use std::io::BufRead;
+        let dir = tmpdir(name);
+        let log = dir.join("stderr.log");
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut child = cmd
+            .args(["serve", "--listen", &listen])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(u) = line.strip_prefix("castline: viewer URL ") {
+                    let _ = tx.send(u.to_string());
+                }
+            }
+        });
+        let url = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
+            panic!(
+                "castline serve printed no viewer URL; stderr:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+        let token = url.split("token=").nth(1).unwrap().to_string();
+        Serve {
+            base: format!("http://{listen}"),
+            url,
+            token,
+            log,
+            proc: Proc(child),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGINT, wait for the exit; returns the log.
+    pub fn stop(mut self) -> String {
+        kill(&self.proc.0, libc::SIGINT);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(15) {
+            if let Ok(Some(_)) = self.proc.0.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.log()
+    }
+}
+
+/// The browser test driver (tests/browser/peer.mjs: Debian's headless Chromium through
+/// playwright-core). Runs the plan's steps and returns one JSON object per step.
+pub fn browser(steps: serde_json::Value) -> Vec<serde_json::Value> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "playwright-core missing: run scripts/setup.sh (npm ci in {})",
+        dir.display()
+    );
+    let plan = serde_json::json!({ "steps": steps }).to_string();
+    let out = Command::new("node")
+        .arg(dir.join("peer.mjs"))
+        .arg(&plan)
+        .stdin(Stdio::null())
+        .output()
+        .expect("node runs (apt-get install nodejs)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!(
+        "--- browser {plan}\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// One HTTP/1.1 request over a plain socket; returns (status, body). Only for tests.
+pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}

@@ -21,7 +21,7 @@ use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
 use crate::webrtc::{token_matches, Hub, HubError, PeerId};
-use signaling::{parse_client_message, ClientMessage, ServerMessage, MAX_MESSAGE_BYTES};
+use signaling::{parse_client_message, ClientMessage, ServerMessage};
 
 const VIEWER_PAGE: &str = include_str!("viewer.html");
 /// Request bodies (SDP offers, trickle fragments) larger than this are refused.
@@ -117,6 +117,8 @@ fn cors(mut r: Response<std::io::Cursor<Vec<u8>>>) -> Response<std::io::Cursor<V
         "Authorization, Content-Type, If-Match",
     ));
     r.add_header(header("Access-Control-Expose-Headers", "Location, Link, ETag"));
+    // Players on public origins may reach a server on the LAN (Private Network Access).
+    r.add_header(header("Access-Control-Allow-Private-Network", "true"));
     r
 }
 
@@ -296,9 +298,11 @@ fn websocket_accept(req: &Request) -> Option<String> {
 
 /// One browser's signaling session: blocking reads, a reply per message.
 fn run_signaling(stream: Box<dyn tiny_http::ReadWrite + Send>, hub: &Hub) {
+    // Messages up to 1 MiB are read and answered (over 64 KiB: a too_large error); beyond that
+    // the connection is dropped rather than buffered.
     let mut config = WebSocketConfig::default();
-    config.max_message_size = Some(MAX_MESSAGE_BYTES + 1024);
-    config.max_frame_size = Some(MAX_MESSAGE_BYTES + 1024);
+    config.max_message_size = Some(1 << 20);
+    config.max_frame_size = Some(1 << 20);
     let mut ws = WebSocket::from_raw_socket(stream, Role::Server, Some(config));
     let mut joined = false;
     let mut peer: Option<PeerId> = None;

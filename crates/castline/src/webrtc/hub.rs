@@ -360,7 +360,8 @@ struct Peer {
     wants_keyframe: bool,
     pending_offer: Option<SdpPendingOffer>,
     report: PeerReport,
-    bytes_at_last_report: u64,
+    /// Time and bytes sent of the previous stats event (for the bitrate).
+    last_peer_stats: Option<(Instant, u64)>,
 }
 
 struct HubCore {
@@ -570,7 +571,7 @@ impl HubCore {
                 video_packets: 0,
                 audio_packets: 0,
             },
-            bytes_at_last_report: 0,
+            last_peer_stats: None,
         };
         self.peers.insert(id, peer);
         tracing::info!(hub = %self.cfg.name, peer = id, via, "peer_added");
@@ -735,6 +736,14 @@ impl HubCore {
             Event::PeerStats(s) => {
                 p.report.rtt_ms = s.rtt.map(|d| d.as_secs_f64() * 1000.0);
                 p.report.loss = s.egress_loss_fraction.map(f64::from);
+                if let Some((t, b)) = p.last_peer_stats {
+                    let dt = s.timestamp.saturating_duration_since(t).as_secs_f64();
+                    if dt > 0.0 {
+                        p.report.bitrate_kbps =
+                            (s.bytes_tx.saturating_sub(b) as f64 * 8.0 / dt / 1000.0).round();
+                    }
+                }
+                p.last_peer_stats = Some((s.timestamp, s.bytes_tx));
                 p.report.bytes_sent = s.bytes_tx;
             }
             Event::MediaEgressStats(s) => {
@@ -857,15 +866,8 @@ impl HubCore {
     }
 
     fn publish_reports(&mut self, now: Instant) {
-        let dt = now.duration_since(self.last_report).as_secs_f64().max(0.001);
         self.last_report = now;
-        let mut out: Vec<PeerReport> = Vec::with_capacity(self.peers.len());
-        for p in self.peers.values_mut() {
-            let bytes = p.report.bytes_sent;
-            p.report.bitrate_kbps = bytes.saturating_sub(p.bytes_at_last_report) as f64 * 8.0 / dt / 1000.0;
-            p.bytes_at_last_report = bytes;
-            out.push(p.report.clone());
-        }
+        let mut out: Vec<PeerReport> = self.peers.values().map(|p| p.report.clone()).collect();
         out.sort_by_key(|r| r.id);
         *self.reports.lock().unwrap_or_else(|p| p.into_inner()) = out;
     }
