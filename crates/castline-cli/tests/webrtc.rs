@@ -270,3 +270,73 @@ fn malformed_signaling_and_sdp_get_errors_while_a_viewer_keeps_playing() {
     let log = serve.stop();
     assert!(log.contains("signaling_message_rejected"), "{log}");
 }
+
+fn child_ffmpeg_pid(parent: u32) -> Option<u32> {
+    let out = std::process::Command::new("pgrep")
+        .args(["-P", &parent.to_string(), "-x", "ffmpeg"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+}
+
+#[test]
+fn ffmpeg_process_source_passes_through_and_recovers_when_the_child_is_killed() {
+    let serve = Serve::start(
+        "webrtc-ffmpeg",
+        &mut castline(),
+        &[
+            "--source",
+            "ffmpeg:-re -f lavfi -i testsrc=size=640x360:rate=30",
+            "--keyint",
+            "1",
+            "--audio",
+            "none",
+        ],
+    );
+    let url = serve.url.clone();
+    let viewer = std::thread::spawn(move || {
+        browser(json!([
+            {"op": "open", "id": "v", "url": url},
+            {"op": "wait_frames", "id": "v", "n": 60, "timeout_ms": 10000},
+            {"op": "sleep", "ms": 2500},
+            {"op": "stats", "id": "v"},
+            {"op": "wait_frames", "id": "v", "n": 240, "timeout_ms": 15000},
+        ]))
+    });
+    // Kill the child once the viewer plays.
+    let t0 = std::time::Instant::now();
+    while !serve.log().contains("peer_connected") && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let pid = child_ffmpeg_pid(serve.proc.0.id()).expect("castline's ffmpeg child");
+    kill_pid(pid);
+    let r = viewer.join().unwrap();
+    assert_decoded(step(&r, "wait_frames", "v"), 640, 360);
+    let before = step(&r, "stats", "v")["framesDecoded"].as_u64().unwrap();
+    let after = nth_step(&r, "wait_frames", "v", 1);
+    assert_eq!(after["ok"], true, "viewer did not recover after the restart: {after}");
+    assert!(after["framesDecoded"].as_u64().unwrap() >= before + 60, "{after}");
+    let new_pid = child_ffmpeg_pid(serve.proc.0.id()).expect("a restarted ffmpeg");
+    assert_ne!(new_pid, pid);
+    let log = serve.stop();
+    // Lifecycle events, in order.
+    let pos = |e: &str| log.find(e).unwrap_or_else(|| panic!("no {e} in\n{log}"));
+    assert!(pos("ffmpeg_spawned") < pos("first_frame_ingested"), "{log}");
+    assert!(pos("first_frame_ingested") < pos("track_active"), "{log}");
+    assert!(pos("track_active") < pos("peer_connected"), "{log}");
+    assert!(log.contains("ffmpeg_restarting"), "{log}");
+    assert_eq!(log.matches("ffmpeg_spawned").count(), 2, "{log}");
+    // Passed through, not re-encoded: no encoder was opened.
+    assert!(!log.contains("encoder_selected"), "{log}");
+}
+
+fn kill_pid(pid: u32) {
+    // SAFETY: plain kill(2) on a pid we just looked up.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+}

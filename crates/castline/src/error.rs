@@ -42,6 +42,8 @@ pub enum CaptureError {
     UnknownAudioApp { app: String, available: String },
     #[error("audio capture failed: {0}")]
     Audio(String),
+    #[error("ffmpeg source failed: {0}")]
+    FfmpegProcess(String),
 }
 
 #[derive(Debug, thiserror::Error)]

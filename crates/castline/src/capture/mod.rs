@@ -6,6 +6,7 @@
 //! Audio: backends (PulseAudio today) capture continuously on their own threads into the mixer's
 //! lanes (see `mix`); [`AudioSourceSpec`] names what to capture.
 
+pub mod ffmpeg_process;
 pub mod pulse;
 pub mod testsrc;
 pub mod x11;
@@ -77,6 +78,9 @@ pub enum SourceSpec {
     Window(u32),
     /// The synthetic test picture.
     TestSrc,
+    /// An ffmpeg child process given these input arguments; its H.264 is passed through
+    /// without re-encoding.
+    FfmpegProcess(Vec<String>),
 }
 
 impl std::str::FromStr for SourceSpec {
@@ -90,13 +94,20 @@ impl std::str::FromStr for SourceSpec {
                     n.parse()
                         .map(Self::Display)
                         .map_err(|_| format!("invalid display index '{n}' in '{s}'"))
+                } else if let Some(args) = s.strip_prefix("ffmpeg:") {
+                    let args = ffmpeg_process::split_args(args)
+                        .map_err(|e| format!("invalid ffmpeg arguments in '{s}': {e}"))?;
+                    if args.is_empty() {
+                        return Err("ffmpeg: needs input arguments, e.g. ffmpeg:'-f lavfi -i testsrc'".into());
+                    }
+                    Ok(Self::FfmpegProcess(args))
                 } else if let Some(id) = s.strip_prefix("window:") {
                     parse_window_id(id)
                         .map(Self::Window)
                         .ok_or_else(|| format!("invalid window id '{id}' (decimal or 0x-hex)"))
                 } else {
                     Err(format!(
-                        "unknown source '{s}' (expected screen, display:N, window:ID or testsrc)"
+                        "unknown source '{s}' (expected screen, display:N, window:ID, testsrc or ffmpeg:'ARGS')"
                     ))
                 }
             }
@@ -214,6 +225,11 @@ pub fn open_source(
             Box::new(x11_screen::ScreenSource::open(Some(*i), opts.show_cursor)?)
         }
         SourceSpec::Window(id) => Box::new(x11_window::WindowSource::open(*id, opts.show_cursor)?),
+        SourceSpec::FfmpegProcess(_) => {
+            return Err(CaptureError::FfmpegProcess(
+                "an ffmpeg source delivers encoded video, not pictures".into(),
+            ))
+        }
     })
 }
 

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::capture::ffmpeg_process::FfmpegIngest;
 use crate::capture::pulse::PulseInput;
 use crate::capture::{
     self, AudioSourceSpec, CaptureTime, SourceOptions, SourceSpec, VideoFrame, VideoSource,
@@ -123,7 +124,8 @@ pub struct Pipeline {
     info: VideoStreamInfo,
     audio_stats: Option<AudioStats>,
     capture: JoinHandle<std::result::Result<(), Error>>,
-    encode: JoinHandle<std::result::Result<(), Error>>,
+    /// None when video is passed through (ffmpeg source).
+    encode: Option<JoinHandle<std::result::Result<(), Error>>>,
     audio: Option<JoinHandle<std::result::Result<(), Error>>>,
     output_threads: Vec<JoinHandle<std::result::Result<OutputSummary, crate::error::OutputError>>>,
     endpoints: Vec<String>,
@@ -142,25 +144,42 @@ impl Pipeline {
         if cfg.outputs.is_empty() {
             return Err(Error::Config("no output given".into()));
         }
-        let mut source_options = cfg.source_options.clone();
-        if let Some(size) = cfg.size {
-            source_options.testsrc_size = size;
-        }
-        let source = capture::open_source(&cfg.source, &source_options)?;
-        let (sw, sh) = source.size();
-        let (w, h) = cfg.size.unwrap_or_else(|| even_crop(sw, sh));
-        tracing::info!(
-            source = source.describe(),
-            width = w,
-            height = h,
-            fps = cfg.fps,
-            "capture_started"
-        );
-        let encoder = encode::open_video_encoder(&cfg.encoder, w, h, cfg.fps)?;
-        let info = encoder.info().clone();
         // The clock starts before outputs connect (network outputs pace against it); capture
         // stamps its first frame with the clock's time when it starts ticking.
         let clock = MediaClock::new();
+        // Keep FFmpeg's libraries quiet on stderr; castline reports errors itself.
+        ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Fatal);
+        let video = if let SourceSpec::FfmpegProcess(args) = &cfg.source {
+            let ingest = FfmpegIngest::start(args, &cfg.encoder, cfg.fps, clock)?;
+            tracing::info!(
+                source = "ffmpeg process",
+                width = ingest.info.width,
+                height = ingest.info.height,
+                "capture_started"
+            );
+            VideoPath::PassThrough(ingest)
+        } else {
+            let mut source_options = cfg.source_options.clone();
+            if let Some(size) = cfg.size {
+                source_options.testsrc_size = size;
+            }
+            let source = capture::open_source(&cfg.source, &source_options)?;
+            let (sw, sh) = source.size();
+            let (w, h) = cfg.size.unwrap_or_else(|| even_crop(sw, sh));
+            tracing::info!(
+                source = source.describe(),
+                width = w,
+                height = h,
+                fps = cfg.fps,
+                "capture_started"
+            );
+            let encoder = encode::open_video_encoder(&cfg.encoder, w, h, cfg.fps)?;
+            VideoPath::Encode(source, encoder, (w, h))
+        };
+        let info = match &video {
+            VideoPath::Encode(_, e, _) => e.info().clone(),
+            VideoPath::PassThrough(i) => i.info.clone(),
+        };
         // Audio: sources first (an unknown device fails the start), one encoder per codec the
         // outputs take.
         let mut audio_inputs = Vec::new();
@@ -243,16 +262,34 @@ impl Pipeline {
         // video ended so audio ends there too.
         let t0 = clock.now_us();
         let end_us = Arc::new(AtomicI64::new(i64::MAX));
-        let capture = {
-            let (raw, stop, counters, end) =
-                (raw.clone(), stop.clone(), counters.clone(), end_us.clone());
-            let (fps, duration) = (cfg.fps, cfg.duration);
-            spawn("castline-capture", move || {
-                let _end = EndGuard(end.clone(), t0);
-                run_capture(
-                    source, clock, t0, fps, duration, &raw, &stop, &counters, &end,
-                )
-            })?
+        let (capture, encode_inputs) = match video {
+            VideoPath::Encode(source, encoder, size) => {
+                let (raw, stop, counters, end) =
+                    (raw.clone(), stop.clone(), counters.clone(), end_us.clone());
+                let (fps, duration) = (cfg.fps, cfg.duration);
+                let capture = spawn("castline-capture", move || {
+                    let _end = EndGuard(end.clone(), t0);
+                    run_capture(
+                        source, clock, t0, fps, duration, &raw, &stop, &counters, &end,
+                    )
+                })?;
+                (capture, Some((encoder, size)))
+            }
+            VideoPath::PassThrough(ingest) => {
+                let (stop, counters, end, outs, kf) = (
+                    stop.clone(),
+                    counters.clone(),
+                    end_us.clone(),
+                    out_counters.clone(),
+                    keyframe.clone(),
+                );
+                let duration = cfg.duration;
+                let capture = spawn("castline-ingest", move || {
+                    let _end = EndGuard(end.clone(), t0);
+                    run_ingest(ingest, t0, duration, &stop, &counters, &outs, &kf, &end)
+                })?;
+                (capture, None)
+            }
         };
         let mut audio_stats = None;
         let audio = if audio_encoders.is_empty() {
@@ -269,17 +306,20 @@ impl Pipeline {
                 run_audio(audio_inputs, audio_encoders, clock, t0, &end, &ac, &outs)
             })?)
         };
-        let encode = {
-            let (raw, keyframe, counters, outs, stop) = (
-                raw.clone(),
-                keyframe.clone(),
-                counters.clone(),
-                out_counters.clone(),
-                stop.clone(),
-            );
-            spawn("castline-encode", move || {
-                run_encode(encoder, (w, h), &raw, &keyframe, &counters, &outs, &stop)
-            })?
+        let encode = match encode_inputs {
+            Some((encoder, size)) => {
+                let (raw, keyframe, counters, outs, stop) = (
+                    raw.clone(),
+                    keyframe.clone(),
+                    counters.clone(),
+                    out_counters.clone(),
+                    stop.clone(),
+                );
+                Some(spawn("castline-encode", move || {
+                    run_encode(encoder, size, &raw, &keyframe, &counters, &outs, &stop)
+                })?)
+            }
+            None => None,
         };
         Ok(Self {
             clock,
@@ -328,7 +368,7 @@ impl Pipeline {
     /// True once every thread has ended.
     pub fn is_finished(&self) -> bool {
         self.capture.is_finished()
-            && self.encode.is_finished()
+            && self.encode.as_ref().is_none_or(|e| e.is_finished())
             && self.audio.as_ref().is_none_or(|a| a.is_finished())
             && self.output_threads.iter().all(|t| t.is_finished())
     }
@@ -357,7 +397,7 @@ impl Pipeline {
                 .unwrap_or_else(|_| Err(Error::Internal("pipeline thread panicked".into())))
         };
         let capture = join(self.capture);
-        let encode = join(self.encode);
+        let encode = self.encode.map(join).unwrap_or(Ok(()));
         let audio = self.audio.map(join).unwrap_or(Ok(()));
         let outputs: Vec<_> = self
             .output_threads
@@ -408,6 +448,84 @@ fn spawn<T: Send + 'static>(
         .name(name.into())
         .spawn(f)
         .map_err(|e| Error::Internal(format!("cannot start thread {name}: {e}")))
+}
+
+/// Where video comes from: pictures to encode, or encoded video to pass through.
+enum VideoPath {
+    Encode(Box<dyn VideoSource>, Box<dyn VideoEncoder>, (u32, u32)),
+    PassThrough(FfmpegIngest),
+}
+
+/// Pass-through video: access units from the ffmpeg child go to the outputs as they are,
+/// stamped with their arrival time on the pipeline clock. Keyframe requests cannot be honoured
+/// (the child's GOP is fixed by --keyint); they are counted and logged once.
+#[allow(clippy::too_many_arguments)]
+fn run_ingest(
+    ingest: FfmpegIngest,
+    t0: i64,
+    duration: Option<Duration>,
+    stop: &AtomicBool,
+    counters: &PipelineCounters,
+    outputs: &[Arc<OutputCounters>],
+    keyframe: &AtomicBool,
+    ended_at: &AtomicI64,
+) -> Result<()> {
+    let end_us = duration.map(|d| t0 + d.as_micros() as i64);
+    let frame_us = 1_000_000 / ingest.info.fps.max(1) as i64;
+    let mut last_pts = i64::MIN;
+    let mut packets = Vec::with_capacity(1);
+    let mut first = Some(ingest.first.clone());
+    let mut warned_keyframe = false;
+    let mut result = Ok(());
+    while !stop.load(Ordering::SeqCst) {
+        let au = match first.take() {
+            Some(au) => au,
+            None => match ingest.recv_timeout(Duration::from_millis(200)) {
+                Ok(au) => au,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            },
+        };
+        if end_us.is_some_and(|e| au.arrival_us >= e) {
+            break;
+        }
+        if keyframe.swap(false, Ordering::SeqCst) && !warned_keyframe {
+            warned_keyframe = true;
+            tracing::warn!("keyframe request not honoured: an ffmpeg source keeps its own GOP (--keyint)");
+        }
+        let pts = au.arrival_us.max(last_pts + 1);
+        last_pts = pts;
+        if counters.frames_encoded.load(Ordering::Relaxed) == 0 {
+            tracing::info!("track_active");
+        }
+        counters.frames_captured.fetch_add(1, Ordering::Relaxed);
+        counters.frames_changed.fetch_add(1, Ordering::Relaxed);
+        counters.frames_encoded.fetch_add(1, Ordering::Relaxed);
+        packets.push(EncodedPacket {
+            data: au.data.into(),
+            pts_us: pts,
+            dts_us: pts,
+            duration_us: frame_us,
+            keyframe: au.keyframe,
+            media: encode::MediaKind::Video,
+        });
+        fan_out(&mut packets, counters, outputs, keyframe);
+        if outputs.iter().all(|o| o.failed.load(Ordering::Relaxed)) {
+            stop.store(true, Ordering::SeqCst);
+        }
+    }
+    if let Err(e) = ingest.finish() {
+        tracing::error!(error = %e, "fatal");
+        result = Err(e.into());
+    }
+    ended_at.store(
+        if last_pts == i64::MIN { t0 } else { last_pts + frame_us },
+        Ordering::SeqCst,
+    );
+    for o in outputs {
+        o.queue.close();
+    }
+    result
 }
 
 /// Sets the end of media time when the capture thread ends, however it ends (the audio thread
