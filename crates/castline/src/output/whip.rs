@@ -99,6 +99,8 @@ impl WhipOutput {
             ice_lite: false,
             max_peers: 1,
             connect_timeout: opts.connect_timeout.max(Duration::from_secs(5)) * 2,
+            // SFUs send RTCP receiver reports every second or so.
+            silence_timeout: Duration::from_secs(5),
             name: "whip".into(),
             ..HubConfig::default()
         };

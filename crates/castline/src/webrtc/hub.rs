@@ -104,6 +104,9 @@ pub struct HubConfig {
     pub max_peers: usize,
     /// Peers that do not connect within this time are dropped.
     pub connect_timeout: Duration,
+    /// A connected peer that sends nothing (no STUN, no RTCP) for this long is gone: a killed
+    /// browser or a crashed SFU never says goodbye, and an ICE-lite agent sends no checks.
+    pub silence_timeout: Duration,
     /// Minimum spacing of keyframe requests sent to the encoder.
     pub keyframe_interval: Duration,
     /// Name used in logs.
@@ -117,6 +120,7 @@ impl Default for HubConfig {
             ice_lite: true,
             max_peers: 64,
             connect_timeout: Duration::from_secs(20),
+            silence_timeout: Duration::from_secs(10),
             keyframe_interval: Duration::from_millis(500),
             name: "webrtc".into(),
         }
@@ -353,6 +357,8 @@ struct Peer {
     rtc: Rtc,
     via: &'static str,
     created: Instant,
+    /// Last datagram from the peer.
+    last_rx: Instant,
     connected: bool,
     video: Option<(Mid, Pt)>,
     audio: Option<(Mid, Pt)>,
@@ -474,6 +480,7 @@ impl HubCore {
                     },
                 );
                 if let Some(p) = self.peers.values_mut().find(|p| p.rtc.accepts(&input)) {
+                    p.last_rx = Instant::now();
                     if let Err(e) = p.rtc.handle_input(input) {
                         tracing::debug!(error = %e, "peer input rejected");
                         p.rtc.disconnect();
@@ -552,6 +559,7 @@ impl HubCore {
             rtc,
             via,
             created: Instant::now(),
+            last_rx: Instant::now(),
             connected: false,
             video: None,
             audio: None,
@@ -823,16 +831,23 @@ impl HubCore {
     }
 
     fn expire(&mut self, now: Instant) {
-        let stale: Vec<PeerId> = self
+        let stale: Vec<(PeerId, &'static str)> = self
             .peers
             .iter()
-            .filter(|(_, p)| !p.connected && now.duration_since(p.created) > self.cfg.connect_timeout)
-            .map(|(id, _)| *id)
+            .filter_map(|(id, p)| {
+                if !p.connected && now.duration_since(p.created) > self.cfg.connect_timeout {
+                    Some((*id, "ICE did not connect in time"))
+                } else if p.connected && now.duration_since(p.last_rx) > self.cfg.silence_timeout {
+                    Some((*id, "peer went silent"))
+                } else {
+                    None
+                }
+            })
             .collect();
-        for id in stale {
+        for (id, why) in stale {
             if let Some(mut p) = self.peers.remove(&id) {
                 p.rtc.disconnect();
-                self.closed(id, p.via, "ICE did not connect in time");
+                self.closed(id, p.via, why);
             }
         }
     }
