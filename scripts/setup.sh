@@ -57,3 +57,11 @@ if ! command -v cargo >/dev/null 2>&1; then
     export PATH="$HOME/.cargo/bin:$PATH"
   fi
 fi
+
+# playwright-core drives Debian's Chromium in the browser tests (no browser download).
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BROWSER_TESTS="$ROOT/crates/castline-cli/tests/browser"
+if [ ! -d "$BROWSER_TESTS/node_modules/playwright-core" ]; then
+  echo "setup: npm ci in $BROWSER_TESTS"
+  (cd "$BROWSER_TESTS" && npm ci --no-audit --no-fund --loglevel=error)
+fi

@@ -408,7 +408,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 .and_then(|mut a| a.next())
                 .ok_or_else(|| usage(format!("invalid listen address '{listen}' (IP:PORT)")))?;
             if let Some(t) = &token {
-                if t.len() < 8 || !t.chars().all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c)) {
+                if t.len() < 8
+                    || !t
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c))
+                {
                     return Err(usage(
                         "--token must be at least 8 characters of A-Z a-z 0-9 - _ . ~".into(),
                     ));
@@ -449,7 +453,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     castline::output::redact_url(&url)
                 )));
             }
-            let primary = url.parse::<OutputSpec>().map_err(|e| usage(e.to_string()))?;
+            let primary = url
+                .parse::<OutputSpec>()
+                .map_err(|e| usage(e.to_string()))?;
             run_pipeline(primary, pipeline)
         }
     }

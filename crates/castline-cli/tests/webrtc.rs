@@ -27,7 +27,11 @@ fn assert_decoded(r: &Value, w: u64, h: u64) {
     assert_eq!(r["ok"], true, "{r}");
     assert!(r["framesDecoded"].as_u64().unwrap() >= 60, "{r}");
     assert!(r["ms"].as_u64().unwrap() <= 10_000, "{r}");
-    assert_eq!((r["frameWidth"].as_u64(), r["frameHeight"].as_u64()), (Some(w), Some(h)), "{r}");
+    assert_eq!(
+        (r["frameWidth"].as_u64(), r["frameHeight"].as_u64()),
+        (Some(w), Some(h)),
+        "{r}"
+    );
     assert_eq!(r["videoCodec"], "video/H264", "{r}");
 }
 
@@ -67,12 +71,19 @@ fn two_browsers_decode_video_and_opus_audio_from_one_encode() {
     let stats = json_stats(&log);
     let with_two: Vec<&Value> = stats
         .iter()
-        .filter(|s| s["outputs"][0]["peers"].as_array().is_some_and(|p| p.len() == 2))
+        .filter(|s| {
+            s["outputs"][0]["peers"]
+                .as_array()
+                .is_some_and(|p| p.len() == 2)
+        })
         .collect();
     assert!(!with_two.is_empty(), "stats never showed two peers:\n{log}");
     let last = with_two.last().unwrap();
     let fps = last["encoded_fps"].as_f64().unwrap();
-    assert!((25.0..=35.0).contains(&fps), "encoded fps {fps} with two viewers");
+    assert!(
+        (25.0..=35.0).contains(&fps),
+        "encoded fps {fps} with two viewers"
+    );
     for p in last["outputs"][0]["peers"].as_array().unwrap() {
         assert_eq!(p["connected"], true, "{p}");
         assert!(p["bitrate_kbps"].as_f64().unwrap() > 50.0, "{p}");
@@ -122,7 +133,9 @@ fn wrong_or_missing_token_gets_401_and_nothing_else() {
     let serve = Serve::start(
         "webrtc-token",
         &mut castline(),
-        &["--source", "testsrc", "--size", "320x240", "--audio", "none"],
+        &[
+            "--source", "testsrc", "--size", "320x240", "--audio", "none",
+        ],
     );
     let b = &serve.base;
     let upgrade = [
@@ -137,14 +150,27 @@ fn wrong_or_missing_token_gets_401_and_nothing_else() {
         http("GET", &format!("{b}/?token=wrong"), &[], b""),
         http("GET", &format!("{b}/ws"), &upgrade, b""),
         http("GET", &format!("{b}/ws?token=nope"), &upgrade, b""),
-        http("POST", &format!("{b}/whep"), &[("Content-Type", "application/sdp")], offer),
         http(
             "POST",
             &format!("{b}/whep"),
-            &[("Authorization", "Bearer wrong"), ("Content-Type", "application/sdp")],
+            &[("Content-Type", "application/sdp")],
             offer,
         ),
-        http("DELETE", &format!("{b}/whep/1"), &[("Authorization", "Bearer x")], b""),
+        http(
+            "POST",
+            &format!("{b}/whep"),
+            &[
+                ("Authorization", "Bearer wrong"),
+                ("Content-Type", "application/sdp"),
+            ],
+            offer,
+        ),
+        http(
+            "DELETE",
+            &format!("{b}/whep/1"),
+            &[("Authorization", "Bearer x")],
+            b"",
+        ),
     ];
     for (status, body) in &cases {
         assert_eq!((*status, body.as_str()), (401, "unauthorized\n"));
@@ -167,7 +193,9 @@ fn whep_player_on_another_origin_decodes_and_leaves_with_delete() {
     let serve = Serve::start(
         "webrtc-whep",
         &mut castline(),
-        &["--source", "testsrc", "--size", "640x360", "--audio", "none"],
+        &[
+            "--source", "testsrc", "--size", "640x360", "--audio", "none",
+        ],
     );
     let endpoint = format!("{}/whep", serve.base);
     let r = browser(json!([
@@ -183,7 +211,10 @@ fn whep_player_on_another_origin_decodes_and_leaves_with_delete() {
     assert_eq!(step(&r, "whep_delete", "w")["status"], 200);
     let log = serve.stop();
     assert!(log.contains("via=\"whep\""), "{log}");
-    assert!(log.contains("reason=\"removed\""), "DELETE did not remove the peer:\n{log}");
+    assert!(
+        log.contains("reason=\"removed\""),
+        "DELETE did not remove the peer:\n{log}"
+    );
 }
 
 /// Send one text message on a signaling socket and read the reply.
@@ -206,7 +237,9 @@ fn malformed_signaling_and_sdp_get_errors_while_a_viewer_keeps_playing() {
     let serve = Serve::start(
         "webrtc-bad",
         &mut castline(),
-        &["--source", "testsrc", "--size", "320x240", "--audio", "none"],
+        &[
+            "--source", "testsrc", "--size", "320x240", "--audio", "none",
+        ],
     );
     // A real viewer watches throughout.
     let url = serve.url.clone();
@@ -219,11 +252,21 @@ fn malformed_signaling_and_sdp_get_errors_while_a_viewer_keeps_playing() {
         ]))
     });
     std::thread::sleep(Duration::from_secs(1));
-    let ws_url = format!("{}/ws?token={}", serve.base.replace("http", "ws"), serve.token);
+    let ws_url = format!(
+        "{}/ws?token={}",
+        serve.base.replace("http", "ws"),
+        serve.token
+    );
     let (mut ws, _) = tungstenite::connect(ws_url.as_str()).unwrap();
     let code = |v: Value| v["code"].as_str().unwrap_or("").to_string();
-    assert_eq!(code(ws_roundtrip(&mut ws, Message::text("{"))), "bad_message");
-    assert_eq!(code(ws_roundtrip(&mut ws, Message::text("[1,2]"))), "bad_message");
+    assert_eq!(
+        code(ws_roundtrip(&mut ws, Message::text("{"))),
+        "bad_message"
+    );
+    assert_eq!(
+        code(ws_roundtrip(&mut ws, Message::text("[1,2]"))),
+        "bad_message"
+    );
     assert_eq!(
         code(ws_roundtrip(&mut ws, Message::text(r#"{"type":"dance"}"#))),
         "bad_message"
@@ -233,7 +276,10 @@ fn malformed_signaling_and_sdp_get_errors_while_a_viewer_keeps_playing() {
         "bad_message"
     );
     assert_eq!(
-        code(ws_roundtrip(&mut ws, Message::text(r#"{"type":"offer","sdp":"v=0"}"#))),
+        code(ws_roundtrip(
+            &mut ws,
+            Message::text(r#"{"type":"offer","sdp":"v=0"}"#)
+        )),
         "not_joined"
     );
     let big = format!(r#"{{"type":"offer","sdp":"{}"}}"#, "a".repeat(100_000));
@@ -249,18 +295,36 @@ fn malformed_signaling_and_sdp_get_errors_while_a_viewer_keeps_playing() {
         assert_eq!(code(reply), "bad_sdp");
     }
     let cand = json!({"type": "ice_candidate", "candidate": "candidate:garbage"}).to_string();
-    assert_eq!(code(ws_roundtrip(&mut ws, Message::text(cand))), "not_joined");
+    assert_eq!(
+        code(ws_roundtrip(&mut ws, Message::text(cand))),
+        "not_joined"
+    );
     ws.close(None).ok();
     // WHEP: malformed and oversized offers.
     let auth = format!("Bearer {}", serve.token);
-    let h = [("Authorization", auth.as_str()), ("Content-Type", "application/sdp")];
+    let h = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/sdp"),
+    ];
     let whep = format!("{}/whep", serve.base);
     let (status, body) = http("POST", &whep, &h, b"not an sdp");
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("SDP"), "{body}");
     assert_eq!(http("POST", &whep, &h, &vec![b'a'; 100_000]).0, 413);
-    assert_eq!(http("PATCH", &format!("{whep}/999"), &h, b"a=candidate:1 1 udp 1 127.0.0.1 9 typ host\r\n").0, 404);
-    assert_eq!(http("GET", &format!("{}/nope", serve.base), &[], b"").0, 404);
+    assert_eq!(
+        http(
+            "PATCH",
+            &format!("{whep}/999"),
+            &h,
+            b"a=candidate:1 1 udp 1 127.0.0.1 9 typ host\r\n"
+        )
+        .0,
+        404
+    );
+    assert_eq!(
+        http("GET", &format!("{}/nope", serve.base), &[], b"").0,
+        404
+    );
     // The viewer never stopped.
     let r = viewer.join().unwrap();
     assert_eq!(step(&r, "wait_frames", "v")["ok"], true);
@@ -318,8 +382,14 @@ fn ffmpeg_process_source_passes_through_and_recovers_when_the_child_is_killed() 
     assert_decoded(step(&r, "wait_frames", "v"), 640, 360);
     let before = step(&r, "stats", "v")["framesDecoded"].as_u64().unwrap();
     let after = nth_step(&r, "wait_frames", "v", 1);
-    assert_eq!(after["ok"], true, "viewer did not recover after the restart: {after}");
-    assert!(after["framesDecoded"].as_u64().unwrap() >= before + 60, "{after}");
+    assert_eq!(
+        after["ok"], true,
+        "viewer did not recover after the restart: {after}"
+    );
+    assert!(
+        after["framesDecoded"].as_u64().unwrap() >= before + 60,
+        "{after}"
+    );
     let new_pid = child_ffmpeg_pid(serve.proc.0.id()).expect("a restarted ffmpeg");
     assert_ne!(new_pid, pid);
     let log = serve.stop();

@@ -29,13 +29,27 @@ impl Netns {
     fn create(name: &str) -> Netns {
         let ns = format!("cl-{name}-{}", std::process::id());
         let ip = |args: &[&str]| {
-            let s = Command::new("ip").args(args).status().expect("ip (iproute2)");
+            let s = Command::new("ip")
+                .args(args)
+                .status()
+                .expect("ip (iproute2)");
             assert!(s.success(), "ip {args:?}");
         };
         let _ = Command::new("ip").args(["netns", "del", &ns]).status();
         ip(&["netns", "add", &ns]);
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        ip(&["-n", &ns, "link", "add", "jice", "type", "veth", "peer", "name", "jice_peer"]);
+        ip(&[
+            "-n",
+            &ns,
+            "link",
+            "add",
+            "jice",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "jice_peer",
+        ]);
         ip(&["-n", &ns, "addr", "add", "127.0.0.2/32", "dev", "jice"]);
         ip(&["-n", &ns, "link", "set", "jice", "up"]);
         ip(&["-n", &ns, "link", "set", "jice_peer", "up"]);
@@ -51,11 +65,14 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "pids", &self.0]).output().map(|o| {
-            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-        });
+        let _ = Command::new("ip")
+            .args(["netns", "pids", &self.0])
+            .output()
+            .map(|o| {
+                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            });
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
 }
@@ -73,20 +90,31 @@ fn start_janus(ns: &Netns, conf: &Path, log: &Path) -> Proc {
         .stderr(Stdio::null())
         .spawn()
         .expect("janus (apt-get install janus)");
+    let p = Proc(p);
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(15) {
         let out = ns
             .cmd("curl")
-            .args(["--noproxy", "*", "-s", "-X", "POST", "http://127.0.0.1:18088/janus"])
+            .args([
+                "--noproxy",
+                "*",
+                "-s",
+                "-X",
+                "POST",
+                "http://127.0.0.1:18088/janus",
+            ])
             .args(["-d", r#"{"janus":"info","transaction":"x"}"#])
             .output()
             .unwrap();
         if String::from_utf8_lossy(&out.stdout).contains("server_info") {
-            return Proc(p);
+            return p;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    panic!("Janus did not start; log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+    panic!(
+        "Janus did not start; log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
 }
 
 /// The WHIP front end; its JSON event lines arrive on the returned channel.
@@ -109,7 +137,9 @@ fn start_front_end(ns: &Netns, port: u16, token: &str) -> (Proc, mpsc::Receiver<
             }
         }
     });
-    let first = rx.recv_timeout(Duration::from_secs(10)).expect("front end listening");
+    let first = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("front end listening");
     assert_eq!(first["event"], "listening");
     (Proc(p), rx)
 }
@@ -140,7 +170,10 @@ fn subscriber(ns: &Netns, port: u16) -> Vec<Value> {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    eprintln!("--- subscriber\n{text}{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "--- subscriber\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     text.lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
@@ -170,8 +203,15 @@ fn publish_into_janus_videoroom_decoded_by_a_subscriber_survives_an_sfu_restart(
     let log = dir.join("castline.log");
     let mut castline = ns.cmd(CASTLINE);
     castline
-        .args(["publish", &format!("http://127.0.0.1:{port}/whip"), "--bearer", token])
-        .args(["--source", "testsrc", "--size", "640x360", "--audio", "none"])
+        .args([
+            "publish",
+            &format!("http://127.0.0.1:{port}/whip"),
+            "--bearer",
+            token,
+        ])
+        .args([
+            "--source", "testsrc", "--size", "640x360", "--audio", "none",
+        ])
         .args(["--reconnect-delay", "1", "--stats", "json"])
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap());
@@ -180,9 +220,15 @@ fn publish_into_janus_videoroom_decoded_by_a_subscriber_survives_an_sfu_restart(
     assert_eq!(published["video"], true);
 
     let r = subscriber(&ns, port);
-    let w = r.iter().find(|v| v["op"] == "wait_frames").expect("subscriber ran");
+    let w = r
+        .iter()
+        .find(|v| v["op"] == "wait_frames")
+        .expect("subscriber ran");
     assert_eq!(w["ok"], true, "{w}");
-    assert_eq!((w["frameWidth"].as_u64(), w["frameHeight"].as_u64()), (Some(640), Some(360)));
+    assert_eq!(
+        (w["frameWidth"].as_u64(), w["frameHeight"].as_u64()),
+        (Some(640), Some(360))
+    );
     assert_eq!(w["videoCodec"], "video/H264");
 
     // The SFU dies and comes back: castline notices, retries with backoff, publishes again.
@@ -193,7 +239,10 @@ fn publish_into_janus_videoroom_decoded_by_a_subscriber_survives_an_sfu_restart(
     let again = wait_event(&events, "published", Duration::from_secs(40));
     assert_ne!(again["session"], published["session"]);
     let r = subscriber(&ns, port);
-    let w = r.iter().find(|v| v["op"] == "wait_frames").expect("subscriber ran");
+    let w = r
+        .iter()
+        .find(|v| v["op"] == "wait_frames")
+        .expect("subscriber ran");
     assert_eq!(w["ok"], true, "after the restart: {w}");
 
     // Stopping sends the WHIP DELETE.
@@ -208,7 +257,10 @@ fn publish_into_janus_videoroom_decoded_by_a_subscriber_survives_an_sfu_restart(
     assert!(!text.contains(token), "bearer token in the log");
     let stats = json_stats(&text);
     let last = stats.last().unwrap();
-    assert!(last["outputs"][0]["reconnects"].as_u64().unwrap() >= 1, "{last}");
+    assert!(
+        last["outputs"][0]["reconnects"].as_u64().unwrap() >= 1,
+        "{last}"
+    );
 }
 
 #[test]
@@ -233,7 +285,9 @@ fn unreachable_endpoint_and_refused_token_are_classified_errors() {
     let serve = Serve::start(
         "whip-401",
         &mut castline(),
-        &["--source", "testsrc", "--size", "320x240", "--audio", "none"],
+        &[
+            "--source", "testsrc", "--size", "320x240", "--audio", "none",
+        ],
     );
     let out = run(castline().args([
         "publish",
@@ -249,8 +303,14 @@ fn unreachable_endpoint_and_refused_token_are_classified_errors() {
     ]));
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("rejected") && err.contains("HTTP 401"), "{err}");
-    assert!(!err.contains("not-the-token"), "bearer token printed:\n{err}");
+    assert!(
+        err.contains("rejected") && err.contains("HTTP 401"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("not-the-token"),
+        "bearer token printed:\n{err}"
+    );
     // Bad URLs are usage errors.
     let out = run(castline().args(["publish", "ftp://x/whip", "--audio", "none"]));
     assert_eq!(out.status.code(), Some(2));

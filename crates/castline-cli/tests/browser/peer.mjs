@@ -11,6 +11,7 @@
 //   {"op":"leave","id":"a"} / {"op":"join","id":"a"}   viewer page's signaling leave / join
 //   {"op":"stats","id":"a"}   one getStats() summary
 //   {"op":"latency","id":"a","seconds":30}   glass-to-glass: reads testsrc's embedded clock
+//   "shared": true on "open" puts the page in one browser process shared by such pages
 //   {"op":"close","id":"a"}   ({"op":"whep_delete","id":"w"} sends the WHEP DELETE first)
 //   {"op":"sleep","ms":1000}
 import { createServer } from 'node:http';
@@ -69,6 +70,7 @@ async function whepOrigin() {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const pages = new Map();
+let sharedBrowser = null;
 
 async function launch() {
   return chromium.launch({ executablePath: '/usr/bin/chromium', args: FLAGS, headless: true });
@@ -118,9 +120,10 @@ async function waitFor(page, timeoutMs, done) {
   return { ok: false, ms: Date.now() - t0, firstFrameMs, ...(s || {}) };
 }
 
-// Reads the clock testsrc embeds in every frame (see capture/testsrc.rs: 64 cells of 16×16 px
-// in the top-left row(s), white = 1, most significant bit first, UNIX time in ms) from the
-// decoded video, and compares it with this machine's clock.
+// Glass-to-glass latency: reads the capture time testsrc embeds in every frame (README:
+// "testsrc timestamp format": cells of width/48 px, two rows of 48, MSB first, white = 1; bits
+// 0–63 = capture time in µs since the UNIX epoch) from each displayed frame, and compares it with
+// this machine's clock when the frame is presented.
 async function latency(page, seconds) {
   return page.evaluate(async (seconds) => {
     const v = document.querySelector('video');
@@ -128,22 +131,31 @@ async function latency(page, seconds) {
     const samples = [];
     const t0 = performance.now();
     await new Promise((resolve) => {
-      const onFrame = (now, meta) => {
+      const onFrame = (now) => {
         if (performance.now() - t0 > seconds * 1000) return resolve();
-        c.width = v.videoWidth; c.height = v.videoHeight;
+        const w = v.videoWidth;
+        const cell = Math.floor(w / 48);
+        c.width = w; c.height = cell * 2;
         const ctx = c.getContext('2d', { willReadFrequently: true });
-        ctx.drawImage(v, 0, 0);
-        const w = window.__castlineClock;
-        if (w) {
-          const ms = w(ctx, c.width);
-          if (ms !== null) samples.push(Date.now() - ms);
+        ctx.drawImage(v, 0, 0, w, cell * 2, 0, 0, w, cell * 2);
+        const px = ctx.getImageData(0, 0, w, cell * 2).data;
+        let us = 0n;
+        for (let bit = 0; bit < 64; bit++) {
+          const x = (bit % 48) * cell + (cell >> 1);
+          const y = Math.floor(bit / 48) * cell + (cell >> 1);
+          const i = (y * w + x) * 4;
+          const luma = 0.2126 * px[i] + 0.7152 * px[i + 1] + 0.0722 * px[i + 2];
+          us = (us << 1n) | (luma > 128 ? 1n : 0n);
         }
+        const shown = performance.timeOrigin + now;
+        const ms = shown - Number(us) / 1000;
+        if (ms > -50 && ms < 10000) samples.push(ms);
         v.requestVideoFrameCallback(onFrame);
       };
       v.requestVideoFrameCallback(onFrame);
     });
     samples.sort((a, b) => a - b);
-    const q = (p) => samples.length ? samples[Math.min(samples.length - 1, Math.floor(p * samples.length))] : null;
+    const q = (p) => (samples.length ? samples[Math.min(samples.length - 1, Math.floor(p * samples.length))] : null);
     return { samples: samples.length, p50: q(0.5), p95: q(0.95), max: samples.length ? samples[samples.length - 1] : null };
   }, seconds);
 }
@@ -151,14 +163,14 @@ async function latency(page, seconds) {
 async function step(s) {
   switch (s.op) {
     case 'open': {
-      const browser = await launch();
+      // "shared": one browser process for every page that asks (cheaper for many viewers).
+      const browser = s.shared ? (sharedBrowser ||= await launch()) : await launch();
       const page = await browser.newPage();
       await page.addInitScript(() => {
         window.castlineBeforeConnect = async () => {
           window.gum = await navigator.mediaDevices.getUserMedia({ audio: true });
         };
       });
-      if (s.clock_reader) await page.addInitScript({ content: s.clock_reader });
       const resp = await page.goto(s.url);
       pages.set(s.id, { browser, page });
       // Audio is only rendered (and its energy measured) when the element plays it.
@@ -168,7 +180,6 @@ async function step(s) {
     case 'whep': {
       const browser = await launch();
       const page = await browser.newPage();
-      if (s.clock_reader) await page.addInitScript({ content: s.clock_reader });
       await page.goto((await whepOrigin()) + '/player.html');
       pages.set(s.id, { browser, page });
       try {
@@ -204,7 +215,8 @@ async function step(s) {
     case 'close': {
       const p = pages.get(s.id);
       pages.delete(s.id);
-      await p.browser.close();
+      if (p.browser === sharedBrowser) await p.page.close();
+      else await p.browser.close();
       return { ok: true };
     }
     case 'sleep':
@@ -229,5 +241,6 @@ for (const s of plan.steps) {
   if (failed) break;
 }
 for (const { browser } of pages.values()) await browser.close().catch(() => {});
+if (sharedBrowser) await sharedBrowser.close().catch(() => {});
 if (whepServer) whepServer.close();
 process.exit(failed ? 1 : 0);

@@ -736,18 +736,23 @@ impl Serve {
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
                 if let Some(u) = line.strip_prefix("castline: viewer URL ") {
                     let _ = tx.send(u.to_string());
                 }
             }
         });
-        let url = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
-            panic!(
-                "castline serve printed no viewer URL; stderr:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "castline serve printed no viewer URL; stderr:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            });
         let token = url.split("token=").nth(1).unwrap().to_string();
         Serve {
             base: format!("http://{listen}"),

@@ -239,7 +239,9 @@ pub const INGEST_BUFFER: usize = 30;
 pub const MAX_RESTARTS: u32 = 5;
 
 fn ffmpeg_command(args: &[String], enc: &EncoderSettings, fps: u32) -> Command {
-    let gop = ((enc.keyint_s * fps as f64).round() as u32).max(1).to_string();
+    let gop = ((enc.keyint_s * fps as f64).round() as u32)
+        .max(1)
+        .to_string();
     let rate = enc.bitrate.to_string();
     let profile = match enc.profile {
         H264Profile::Baseline => "baseline",
@@ -251,8 +253,17 @@ fn ffmpeg_command(args: &[String], enc: &EncoderSettings, fps: u32) -> Command {
         .args(args)
         .args(["-an", "-sn", "-dn", "-c:v", "libx264", "-preset"])
         .arg(&enc.preset)
-        .args(["-tune", "zerolatency", "-profile:v", profile, "-pix_fmt", "yuv420p"])
-        .args(["-bf", "0", "-g", &gop, "-b:v", &rate, "-maxrate", &rate, "-bufsize", &rate])
+        .args([
+            "-tune",
+            "zerolatency",
+            "-profile:v",
+            profile,
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .args([
+            "-bf", "0", "-g", &gop, "-b:v", &rate, "-maxrate", &rate, "-bufsize", &rate,
+        ])
         // SPS/PPS before every keyframe: a receiver can start at any of them.
         .args(["-x264-params", "repeat-headers=1"])
         .args(["-flush_packets", "1", "-f", "h264", "pipe:1"])
@@ -325,25 +336,23 @@ impl FfmpegIngest {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match me.rx.recv_timeout(left) {
-                Ok(au) if au.keyframe => {
-                    match stream_info_of(&au.data, fps, enc.bitrate) {
-                        Ok(info) => {
-                            tracing::info!(
-                                width = info.width,
-                                height = info.height,
-                                profile = info.profile.as_str(),
-                                "first_frame_ingested"
-                            );
-                            me.info = info;
-                            me.first = au;
-                            return Ok(me);
-                        }
-                        Err(e) => {
-                            me.stop();
-                            return Err(CaptureError::FfmpegProcess(e));
-                        }
+                Ok(au) if au.keyframe => match stream_info_of(&au.data, fps, enc.bitrate) {
+                    Ok(info) => {
+                        tracing::info!(
+                            width = info.width,
+                            height = info.height,
+                            profile = info.profile.as_str(),
+                            "first_frame_ingested"
+                        );
+                        me.info = info;
+                        me.first = au;
+                        return Ok(me);
                     }
-                }
+                    Err(e) => {
+                        me.stop();
+                        return Err(CaptureError::FfmpegProcess(e));
+                    }
+                },
                 Ok(_) => continue,
                 Err(e) => {
                     let timed_out = e == RecvTimeoutError::Timeout;
@@ -363,7 +372,9 @@ impl FfmpegIngest {
                                 format!("; ffmpeg said:\n{tail}")
                             }
                         )),
-                        _ => CaptureError::FfmpegProcess(format!("ffmpeg produced nothing:\n{tail}")),
+                        _ => {
+                            CaptureError::FfmpegProcess(format!("ffmpeg produced nothing:\n{tail}"))
+                        }
                     });
                 }
             }
@@ -541,7 +552,14 @@ mod tests {
     fn splits_like_a_shell() {
         assert_eq!(
             split_args(r#"-f lavfi -i 'testsrc=size=640x360:rate=30' -vf "scale=1\"2""#).unwrap(),
-            vec!["-f", "lavfi", "-i", "testsrc=size=640x360:rate=30", "-vf", "scale=1\"2"]
+            vec![
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc=size=640x360:rate=30",
+                "-vf",
+                "scale=1\"2"
+            ]
         );
         assert!(split_args("-i 'open").is_err());
         assert_eq!(split_args("  ").unwrap(), Vec::<String>::new());

@@ -98,7 +98,10 @@ impl std::str::FromStr for SourceSpec {
                     let args = ffmpeg_process::split_args(args)
                         .map_err(|e| format!("invalid ffmpeg arguments in '{s}': {e}"))?;
                     if args.is_empty() {
-                        return Err("ffmpeg: needs input arguments, e.g. ffmpeg:'-f lavfi -i testsrc'".into());
+                        return Err(
+                            "ffmpeg: needs input arguments, e.g. ffmpeg:'-f lavfi -i testsrc'"
+                                .into(),
+                        );
                     }
                     Ok(Self::FfmpegProcess(args))
                 } else if let Some(id) = s.strip_prefix("window:") {

@@ -85,7 +85,10 @@ pub enum OutputSpec {
     /// The built-in viewer server (`serve://HOST:PORT`).
     Serve(ServeOptions),
     /// WHIP publishing to an http(s) endpoint (may hold a token in its query: never log it).
-    Whip { url: String, bearer: Option<String> },
+    Whip {
+        url: String,
+        bearer: Option<String>,
+    },
 }
 
 impl OutputSpec {

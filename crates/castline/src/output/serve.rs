@@ -96,14 +96,15 @@ impl Output for ServeOutput {
 
     fn write(&mut self, pkt: &EncodedPacket) -> Result<Written, OutputError> {
         let pkt = match (pkt.media, pkt.keyframe) {
-            (MediaKind::Video, true) => match webrtc::with_parameter_sets(&pkt.data, &self.extradata)
-            {
-                Some(data) => Arc::new(EncodedPacket {
-                    data: data.into(),
-                    ..pkt.clone()
-                }),
-                None => Arc::new(pkt.clone()),
-            },
+            (MediaKind::Video, true) => {
+                match webrtc::with_parameter_sets(&pkt.data, &self.extradata) {
+                    Some(data) => Arc::new(EncodedPacket {
+                        data: data.into(),
+                        ..pkt.clone()
+                    }),
+                    None => Arc::new(pkt.clone()),
+                }
+            }
             _ => Arc::new(pkt.clone()),
         };
         self.bytes += pkt.data.len() as u64;

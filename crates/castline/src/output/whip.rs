@@ -104,10 +104,11 @@ impl WhipOutput {
             name: "whip".into(),
             ..HubConfig::default()
         };
-        let (hub, hub_thread) = Hub::start(cfg, keyframe, clock).map_err(|e| OutputError::Bind {
-            addr: "0.0.0.0:0".into(),
-            reason: format!("UDP: {e}"),
-        })?;
+        let (hub, hub_thread) =
+            Hub::start(cfg, keyframe, clock).map_err(|e| OutputError::Bind {
+                addr: "0.0.0.0:0".into(),
+                reason: format!("UDP: {e}"),
+            })?;
         let events = hub.subscribe();
         let mut out = Self {
             agent: agent(opts.connect_timeout.max(Duration::from_secs(2))),
@@ -248,7 +249,11 @@ impl WhipOutput {
         if location.starts_with('/') {
             format!("{}{}", &self.url[..host_end], location)
         } else {
-            let base = self.url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&self.url);
+            let base = self
+                .url
+                .rsplit_once('/')
+                .map(|(b, _)| b)
+                .unwrap_or(&self.url);
             format!("{base}/{location}")
         }
     }
@@ -294,7 +299,9 @@ impl WhipOutput {
                         status = resp.status().as_u16(),
                         "whip_session_deleted"
                     ),
-                    Err(e) => tracing::warn!(output = %self.safe_url(), error = %e, "whip_delete_failed"),
+                    Err(e) => {
+                        tracing::warn!(output = %self.safe_url(), error = %e, "whip_delete_failed")
+                    }
                 }
             }
         }
@@ -343,7 +350,9 @@ impl WhipOutput {
             }
             Err(e) => {
                 self.link.last_error = Some((&e).into());
-                if e.class() == crate::ErrorClass::Fatal || self.attempts >= self.opts.reconnect_tries {
+                if e.class() == crate::ErrorClass::Fatal
+                    || self.attempts >= self.opts.reconnect_tries
+                {
                     return Err(OutputError::GaveUp {
                         url: self.safe_url(),
                         attempts: self.attempts,

@@ -491,7 +491,9 @@ fn run_ingest(
         }
         if keyframe.swap(false, Ordering::SeqCst) && !warned_keyframe {
             warned_keyframe = true;
-            tracing::warn!("keyframe request not honoured: an ffmpeg source keeps its own GOP (--keyint)");
+            tracing::warn!(
+                "keyframe request not honoured: an ffmpeg source keeps its own GOP (--keyint)"
+            );
         }
         let pts = au.arrival_us.max(last_pts + 1);
         last_pts = pts;
@@ -519,7 +521,11 @@ fn run_ingest(
         result = Err(e.into());
     }
     ended_at.store(
-        if last_pts == i64::MIN { t0 } else { last_pts + frame_us },
+        if last_pts == i64::MIN {
+            t0
+        } else {
+            last_pts + frame_us
+        },
         Ordering::SeqCst,
     );
     for o in outputs {

@@ -102,8 +102,9 @@ impl ViewerServer {
 
 fn header(name: &str, value: &str) -> Header {
     // Names and values here are ASCII constants or numbers: always valid.
-    Header::from_bytes(name.as_bytes(), value.as_bytes())
-        .unwrap_or_else(|_| Header::from_bytes(&b"X-Invalid"[..], &b"1"[..]).expect("static header"))
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).unwrap_or_else(|_| {
+        Header::from_bytes(&b"X-Invalid"[..], &b"1"[..]).expect("static header")
+    })
 }
 
 fn cors(mut r: Response<std::io::Cursor<Vec<u8>>>) -> Response<std::io::Cursor<Vec<u8>>> {
@@ -116,7 +117,10 @@ fn cors(mut r: Response<std::io::Cursor<Vec<u8>>>) -> Response<std::io::Cursor<V
         "Access-Control-Allow-Headers",
         "Authorization, Content-Type, If-Match",
     ));
-    r.add_header(header("Access-Control-Expose-Headers", "Location, Link, ETag"));
+    r.add_header(header(
+        "Access-Control-Expose-Headers",
+        "Location, Link, ETag",
+    ));
     // Players on public origins may reach a server on the LAN (Private Network Access).
     r.add_header(header("Access-Control-Allow-Private-Network", "true"));
     r
@@ -151,7 +155,10 @@ fn header_value<'a>(req: &'a Request, name: &'static str) -> Option<&'a str> {
 
 fn bearer_ok(req: &Request, token: &str) -> bool {
     header_value(req, "Authorization")
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .is_some_and(|t| token_matches(t.trim(), token))
 }
 
@@ -293,7 +300,9 @@ fn websocket_accept(req: &Request) -> Option<String> {
         return None;
     }
     let key = header_value(req, "Sec-WebSocket-Key")?;
-    Some(tungstenite::handshake::derive_accept_key(key.trim().as_bytes()))
+    Some(tungstenite::handshake::derive_accept_key(
+        key.trim().as_bytes(),
+    ))
 }
 
 /// One browser's signaling session: blocking reads, a reply per message.

@@ -96,7 +96,10 @@ mod tests {
             parse_client_message(
                 r#"{"type":"ice_candidate","candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host","sdpMid":"0","sdpMLineIndex":0}"#
             ),
-            Ok(ClientMessage::IceCandidate { candidate: Some(_), .. })
+            Ok(ClientMessage::IceCandidate {
+                candidate: Some(_),
+                ..
+            })
         ));
         assert_eq!(
             parse_client_message(r#"{"type":"leave"}"#),
@@ -120,7 +123,10 @@ mod tests {
                 "{bad}"
             );
         }
-        let big = format!(r#"{{"type":"offer","sdp":"{}"}}"#, "a".repeat(MAX_MESSAGE_BYTES));
+        let big = format!(
+            r#"{{"type":"offer","sdp":"{}"}}"#,
+            "a".repeat(MAX_MESSAGE_BYTES)
+        );
         assert_eq!(
             parse_client_message(&big).map_err(|e| e.code()),
             Err("too_large")

@@ -293,7 +293,11 @@ impl Hub {
     }
 
     /// Create a send-only offer (WHIP client).
-    pub fn create_offer(&self, via: &'static str, audio: bool) -> Result<(PeerId, String), HubError> {
+    pub fn create_offer(
+        &self,
+        via: &'static str,
+        audio: bool,
+    ) -> Result<(PeerId, String), HubError> {
         self.call(|reply| Command::CreateOffer { via, audio, reply })
     }
 
@@ -454,8 +458,8 @@ impl HubCore {
         }
         let mut sink = [0u8; 64];
         while waker.recv(&mut sink).is_ok() {}
-        for i in 0..self.sockets.len() {
-            if fds[i].revents == 0 {
+        for (i, fd) in fds.iter().take(self.sockets.len()).enumerate() {
+            if fd.revents == 0 {
                 continue;
             }
             // Bounded so one busy socket cannot starve the command queue.
@@ -614,7 +618,11 @@ impl HubCore {
         Ok((id, answer))
     }
 
-    fn create_offer(&mut self, via: &'static str, audio: bool) -> Result<(PeerId, String), HubError> {
+    fn create_offer(
+        &mut self,
+        via: &'static str,
+        audio: bool,
+    ) -> Result<(PeerId, String), HubError> {
         let mut rtc = self.new_rtc();
         let mut api = rtc.sdp_api();
         let stream = Some("castline".to_string());

@@ -100,7 +100,11 @@ pub fn nal_units(data: &[u8]) -> impl Iterator<Item = &[u8]> {
     let n = starts.len();
     (0..n).map(move |k| {
         let begin = starts[k];
-        let mut end = if k + 1 < n { starts[k + 1] - 3 } else { data.len() };
+        let mut end = if k + 1 < n {
+            starts[k + 1] - 3
+        } else {
+            data.len()
+        };
         // A four-byte start code leaves its leading zero on the previous unit.
         while end > begin && k + 1 < n && data[end - 1] == 0 {
             end -= 1;
@@ -115,9 +119,14 @@ mod tests {
 
     #[test]
     fn nal_units_split_on_three_and_four_byte_start_codes() {
-        let d = [0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 4, 5];
+        let d = [
+            0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 4, 5,
+        ];
         let v: Vec<&[u8]> = nal_units(&d).collect();
-        assert_eq!(v, vec![&[0x67, 1, 2][..], &[0x68, 3][..], &[0x65, 4, 5][..]]);
+        assert_eq!(
+            v,
+            vec![&[0x67, 1, 2][..], &[0x68, 3][..], &[0x65, 4, 5][..]]
+        );
         assert!(has_sps(&d));
         assert!(!has_sps(&d[9..]));
     }
