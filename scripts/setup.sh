@@ -13,7 +13,7 @@ PKGS=(
   libpulse-dev pulseaudio pulseaudio-utils
   # WebRTC tests: headless Chromium (driven by playwright-core from npm), and Janus (a real SFU
   # for the WHIP interop test), iproute2 for its network namespace. Node.js: see below.
-  chromium janus iproute2
+  chromium janus iproute2 nftables
   # benchmark: the tools users run today, and /usr/bin/time for CPU and RSS
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad gstreamer1.0-x time

@@ -410,3 +410,66 @@ fn kill_pid(pid: u32) {
         libc::kill(pid as i32, libc::SIGKILL);
     }
 }
+
+#[test]
+fn lost_packets_are_nacked_and_retransmitted_from_the_send_history() {
+    // 5 % of castline's datagrams are dropped on their way to the browser (nftables in a
+    // private network namespace; `tc netem` is not available in this kernel).
+    if !std::process::Command::new("nft")
+        .arg("--version")
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        panic!("nft missing: run scripts/setup.sh (apt-get install nftables)");
+    }
+    let ns = Netns::create("nack");
+    let serve = Serve::start(
+        "webrtc-nack",
+        &mut ns.cmd(CASTLINE),
+        &[
+            "--source", "testsrc", "--size", "640x360", "--audio", "none", "--stats", "json",
+        ],
+    );
+    let media = serve
+        .log()
+        .lines()
+        .find_map(|l| {
+            l.split("webrtc_media_socket media=127.0.0.1:")
+                .nth(1)
+                .map(str::to_string)
+        })
+        .expect("media socket logged");
+    let nft = |args: &str| {
+        let s = ns.cmd("nft").args(args.split(' ')).status().unwrap();
+        assert!(s.success(), "nft {args}");
+    };
+    nft("add table inet loss");
+    nft("add chain inet loss input { type filter hook input priority 0 ; }");
+    nft(&format!(
+        "add rule inet loss input udp sport {} numgen random mod 100 < 5 drop",
+        media.trim()
+    ));
+    let mut node = ns.cmd("node");
+    node.env_remove("DISPLAY");
+    let r = browser_with(
+        node,
+        json!([
+            {"op": "open", "id": "v", "url": serve.url},
+            {"op": "wait_frames", "id": "v", "n": 240, "timeout_ms": 20000},
+        ]),
+    );
+    let w = step(&r, "wait_frames", "v");
+    assert_eq!(w["ok"], true, "{w}");
+    assert!(w["nackCount"].as_u64().unwrap() > 0, "no NACKs sent: {w}");
+    assert!(
+        w["retransmittedPackets"].as_u64().unwrap() > 0,
+        "no retransmission received: {w}"
+    );
+    let log = serve.stop();
+    let nacks = json_stats(&log)
+        .iter()
+        .filter_map(|s| s["outputs"][0]["peers"][0]["nacks"].as_u64())
+        .max()
+        .unwrap_or(0);
+    assert!(nacks > 0, "castline's stats show no NACKs:\n{log}");
+}

@@ -22,61 +22,6 @@ fn interop_dir() -> Option<PathBuf> {
     d.join("conf/janus.jcfg").exists().then_some(d)
 }
 
-/// A network namespace with a veth carrying 127.0.0.2 (see shared/interop/janus/README.md).
-struct Netns(String);
-
-impl Netns {
-    fn create(name: &str) -> Netns {
-        let ns = format!("cl-{name}-{}", std::process::id());
-        let ip = |args: &[&str]| {
-            let s = Command::new("ip")
-                .args(args)
-                .status()
-                .expect("ip (iproute2)");
-            assert!(s.success(), "ip {args:?}");
-        };
-        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        ip(&["netns", "add", &ns]);
-        ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        ip(&[
-            "-n",
-            &ns,
-            "link",
-            "add",
-            "jice",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "jice_peer",
-        ]);
-        ip(&["-n", &ns, "addr", "add", "127.0.0.2/32", "dev", "jice"]);
-        ip(&["-n", &ns, "link", "set", "jice", "up"]);
-        ip(&["-n", &ns, "link", "set", "jice_peer", "up"]);
-        Netns(ns)
-    }
-
-    fn cmd(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.0, program]);
-        c
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "pids", &self.0])
-            .output()
-            .map(|o| {
-                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
-                }
-            });
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 fn start_janus(ns: &Netns, conf: &Path, log: &Path) -> Proc {
     let p = ns
         .cmd("janus")
@@ -254,6 +199,11 @@ fn publish_into_janus_videoroom_decoded_by_a_subscriber_survives_an_sfu_restart(
     assert!(status.success(), "{text}");
     assert!(text.contains("peer went silent"), "{text}");
     assert!(text.contains("reconnecting"), "{text}");
+    // Janus asks its publisher for keyframes (PLI/FIR) when a subscriber joins: answered.
+    assert!(
+        text.contains("reason=\"pli\"") || text.contains("reason=\"fir\""),
+        "no keyframe request from the SFU:\n{text}"
+    );
     assert!(!text.contains(token), "bearer token in the log");
     let stats = json_stats(&text);
     let last = stats.last().unwrap();

@@ -95,6 +95,7 @@ async function stats(page) {
         out.keyFramesDecoded = s.keyFramesDecoded || 0;
         out.pliCount = s.pliCount || 0;
         out.nackCount = s.nackCount || 0;
+        out.retransmittedPackets = s.retransmittedPacketsReceived || 0;
         out.packetsLost += s.packetsLost || 0;
         out.videoCodec = codecs[s.codecId] || null;
       } else if (s.kind === 'audio') {

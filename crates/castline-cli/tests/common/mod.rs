@@ -839,3 +839,78 @@ pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> (
         .unwrap_or_default();
     (status, body)
 }
+
+/// A network namespace with a veth carrying 127.0.0.2 (see shared/interop/janus/README.md).
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn create(name: &str) -> Netns {
+        let ns = format!("cl-{name}-{}", std::process::id());
+        let ip = |args: &[&str]| {
+            let s = Command::new("ip")
+                .args(args)
+                .status()
+                .expect("ip (iproute2)");
+            assert!(s.success(), "ip {args:?}");
+        };
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        ip(&["netns", "add", &ns]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n",
+            &ns,
+            "link",
+            "add",
+            "jice",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "jice_peer",
+        ]);
+        ip(&["-n", &ns, "addr", "add", "127.0.0.2/32", "dev", "jice"]);
+        ip(&["-n", &ns, "link", "set", "jice", "up"]);
+        ip(&["-n", &ns, "link", "set", "jice_peer", "up"]);
+        Netns(ns)
+    }
+
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0, program]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "pids", &self.0])
+            .output()
+            .map(|o| {
+                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            });
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// The browser test driver run by `node` from `cmd` (e.g. inside a network namespace).
+pub fn browser_with(mut cmd: Command, steps: serde_json::Value) -> Vec<serde_json::Value> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let plan = serde_json::json!({ "steps": steps }).to_string();
+    let out = cmd
+        .arg(dir.join("peer.mjs"))
+        .arg(&plan)
+        .stdin(Stdio::null())
+        .output()
+        .expect("node runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!(
+        "--- browser {plan}\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
