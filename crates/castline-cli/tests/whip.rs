@@ -107,6 +107,7 @@ fn subscriber(ns: &Netns, port: u16) -> Vec<Value> {
     let plan = json!({"steps": [
         {"op": "open", "id": "s", "url": format!("http://127.0.0.1:{port}/subscriber.html")},
         {"op": "wait_frames", "id": "s", "n": 60, "timeout_ms": 10000},
+        {"op": "wait_audio", "id": "s", "timeout_ms": 10000, "energy": 0.01},
     ]});
     let out = ns
         .cmd("node")
@@ -145,8 +146,12 @@ fn publish_into_janus_videoroom_decoded_by_a_subscriber_survives_an_sfu_restart(
     let port = free_port();
     let token = "whip-bearer-0123456789";
     let (_front, events) = start_front_end(&ns, port, token);
+    // System audio (a tone into a private PulseAudio daemon) goes out as Opus.
+    let pulse = Pulse::start("whip-janus");
+    let _tone = pulse.tone(440, "toneA", "speakers");
     let log = dir.join("castline.log");
     let mut castline = ns.cmd(CASTLINE);
+    pulse.env(&mut castline);
     castline
         .args([
             "publish",
@@ -155,7 +160,7 @@ fn publish_into_janus_videoroom_decoded_by_a_subscriber_survives_an_sfu_restart(
             token,
         ])
         .args([
-            "--source", "testsrc", "--size", "640x360", "--audio", "none",
+            "--source", "testsrc", "--size", "640x360", "--audio", "system",
         ])
         .args(["--reconnect-delay", "1", "--stats", "json"])
         .stdout(Stdio::piped())
@@ -163,6 +168,7 @@ fn publish_into_janus_videoroom_decoded_by_a_subscriber_survives_an_sfu_restart(
     let mut pub_proc = Proc(castline.spawn().unwrap());
     let published = wait_event(&events, "published", Duration::from_secs(15));
     assert_eq!(published["video"], true);
+    assert_eq!(published["audio"], true, "Janus did not take the Opus track");
 
     let r = subscriber(&ns, port);
     let w = r
@@ -175,6 +181,9 @@ fn publish_into_janus_videoroom_decoded_by_a_subscriber_survives_an_sfu_restart(
         (Some(640), Some(360))
     );
     assert_eq!(w["videoCodec"], "video/H264");
+    let a = r.iter().find(|v| v["op"] == "wait_audio").expect("audio step ran");
+    assert_eq!(a["ok"], true, "no audio energy through the SFU: {a}");
+    assert_eq!(a["audioCodec"], "audio/opus");
 
     // The SFU dies and comes back: castline notices, retries with backoff, publishes again.
     kill(&janus.0, libc::SIGKILL);
