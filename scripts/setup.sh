@@ -65,3 +65,8 @@ if [ ! -d "$BROWSER_TESTS/node_modules/playwright-core" ]; then
   echo "setup: npm ci in $BROWSER_TESTS"
   (cd "$BROWSER_TESTS" && npm ci --no-audit --no-fund --loglevel=error)
 fi
+# The Node.js binding's build tool (@napi-rs/cli).
+if [ ! -d "$ROOT/bindings/node/node_modules/@napi-rs/cli" ]; then
+  echo "setup: npm ci in $ROOT/bindings/node"
+  (cd "$ROOT/bindings/node" && npm ci --no-audit --no-fund --loglevel=error)
+fi

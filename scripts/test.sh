@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests and integration tests against real Xvfb, ffmpeg and ffprobe
-# (started by the tests themselves). Tests run one at a time: several record real-time video and
-# would compete for the 2 cores otherwise.
+# (started by the tests themselves), then the Node.js binding's tests (node --test). Tests run one
+# at a time: several record real-time video and would compete for the 2 cores otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 cargo test --workspace --all-targets -- --test-threads=1
+(cd bindings/node && npm run build && npm test)

@@ -168,7 +168,10 @@ fn publish_into_janus_videoroom_decoded_by_a_subscriber_survives_an_sfu_restart(
     let mut pub_proc = Proc(castline.spawn().unwrap());
     let published = wait_event(&events, "published", Duration::from_secs(15));
     assert_eq!(published["video"], true);
-    assert_eq!(published["audio"], true, "Janus did not take the Opus track");
+    assert_eq!(
+        published["audio"], true,
+        "Janus did not take the Opus track"
+    );
 
     let r = subscriber(&ns, port);
     let w = r
@@ -181,7 +184,10 @@ fn publish_into_janus_videoroom_decoded_by_a_subscriber_survives_an_sfu_restart(
         (Some(640), Some(360))
     );
     assert_eq!(w["videoCodec"], "video/H264");
-    let a = r.iter().find(|v| v["op"] == "wait_audio").expect("audio step ran");
+    let a = r
+        .iter()
+        .find(|v| v["op"] == "wait_audio")
+        .expect("audio step ran");
     assert_eq!(a["ok"], true, "no audio energy through the SFU: {a}");
     assert_eq!(a["audioCodec"], "audio/opus");
 

@@ -399,6 +399,11 @@ pub fn monitors(x: &X11Conn) -> Result<Vec<MonitorInfo>, CaptureError> {
             primary: true,
         });
     }
+    // No RandR primary (Xvfb, some window managers): the first monitor, which holds the origin,
+    // is the one apps treat as primary.
+    if !out.iter().any(|m| m.primary) {
+        out[0].primary = true;
+    }
     Ok(out)
 }
 

@@ -1,0 +1,628 @@
+//! Node.js / Electron binding of castline (N-API through napi-rs).
+//!
+//! The engine runs in-process on its own threads; frames never cross into JavaScript. Each
+//! `NativeSession` owns one pipeline and a monitor thread that reports stats, errors and the
+//! stop through thread-safe functions, so callbacks run on the JS thread. `index.js` wraps this
+//! layer in the public API (`startScreenShare`, `Session`, …).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use castline::capture::{
+    parse_audio_sources, pulse, x11, AudioSourceSpec, SourceOptions, SourceSpec,
+};
+use castline::encode::{EncoderKind, EncoderSettings, H264Profile};
+use castline::output::OutputSpec;
+use castline::pipeline::stats::StatsSnapshot;
+use castline::pipeline::{AudioConfig, Pipeline, PipelineConfig};
+use napi::bindgen_prelude::*;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi_derive::napi;
+
+/// A JS callback taking one value (no error-first argument).
+type Callback<T> = ThreadsafeFunction<T, (), T, Status, false>;
+
+#[napi(object)]
+pub struct Display {
+    pub index: u32,
+    pub name: String,
+    pub width: u32,
+    pub height: u32,
+    pub x: i32,
+    pub y: i32,
+    pub primary: bool,
+}
+
+#[napi(object)]
+pub struct Window {
+    pub handle: u32,
+    pub title: String,
+    pub process_name: Option<String>,
+    pub pid: Option<u32>,
+    pub width: u32,
+    pub height: u32,
+}
+
+#[napi(object)]
+pub struct AudioDevice {
+    pub name: String,
+    pub description: String,
+    pub default: bool,
+    /// Sources: the sink this source monitors, if it is a monitor.
+    pub monitor_of: Option<String>,
+}
+
+#[napi(object)]
+pub struct AudioApplication {
+    pub name: String,
+    pub pid: Option<u32>,
+    pub binary: Option<String>,
+    pub sink: String,
+}
+
+#[napi(object)]
+pub struct AudioDevices {
+    pub sources: Vec<AudioDevice>,
+    pub sinks: Vec<AudioDevice>,
+    pub applications: Vec<AudioApplication>,
+}
+
+/// Options of `startScreenShare` / `new Session`.
+#[napi(object)]
+#[derive(Clone)]
+pub struct ShareOptions {
+    /// `file:///…/out.mp4` (or a plain path), `rtmp://…`, `rtmps://…`, `whip+https://…`,
+    /// `serve://127.0.0.1:8080`.
+    pub target: String,
+    /// `primary` (default), `display`, `window` or `testsrc`.
+    pub target_type: Option<String>,
+    /// Display index or window handle.
+    pub target_id: Option<u32>,
+    pub fps: Option<u32>,
+    /// Video bitrate in bit/s.
+    pub bitrate: Option<f64>,
+    /// Seconds between keyframes.
+    pub keyframe_interval: Option<f64>,
+    pub show_cursor: Option<bool>,
+    /// Capture audio (default false).
+    pub capture_audio: Option<bool>,
+    /// `system` (default), `mic`, `both`, `app:NAME`, `app:PID`.
+    pub audio_mode: Option<String>,
+    /// `auto` (default), `x264`, `vaapi`, `nvenc`, `qsv`.
+    pub encoder: Option<String>,
+    /// Encoded size `WxH`.
+    pub size: Option<String>,
+    /// x264 preset.
+    pub preset: Option<String>,
+    /// Bearer token for a WHIP target; viewer token for `serve://`.
+    pub token: Option<String>,
+}
+
+/// A classified error, as passed to the error callback.
+#[napi(object)]
+pub struct EngineError {
+    pub code: String,
+    pub message: String,
+    pub fatal: bool,
+}
+
+#[napi(object)]
+pub struct OutputStats {
+    pub name: String,
+    pub state: String,
+    pub bitrate_mbps: f64,
+    pub bytes: f64,
+    pub dropped: f64,
+    pub reconnects: u32,
+    /// WebRTC outputs: connected peers.
+    pub peers: Option<u32>,
+}
+
+/// Once-a-second statistics.
+#[napi(object)]
+pub struct Stats {
+    pub time_s: f64,
+    pub fps: f64,
+    pub encode_ms: f64,
+    pub encode_ms_p95: f64,
+    pub bitrate_mbps: f64,
+    pub frames_encoded: f64,
+    pub keyframes: f64,
+    pub dropped_capture: f64,
+    pub dropped_encode_queue: f64,
+    pub dropped_output: f64,
+    pub outputs: Vec<OutputStats>,
+    /// The full snapshot as JSON (same object as `castline --stats json`).
+    pub json: String,
+}
+
+/// Lifecycle events (`started` with the viewer URL of `serve://` targets, `stopping`).
+#[napi(object)]
+pub struct EngineEvent {
+    pub name: String,
+    pub detail: Option<String>,
+}
+
+fn err(code: &str, message: impl std::fmt::Display) -> Error {
+    // index.js turns "castline:CODE:MESSAGE" into an Error with .code and .fatal.
+    Error::new(Status::GenericFailure, format!("castline:{code}:{message}"))
+}
+
+fn classify(e: &castline::Error) -> (String, bool) {
+    use castline::Error as E;
+    match e {
+        E::Output(o) => (
+            o.kind().to_string(),
+            o.class() == castline::ErrorClass::Fatal,
+        ),
+        E::Capture(_) => ("capture_failed".into(), true),
+        E::Encode(castline::error::EncodeError::InvalidSetting(_)) => {
+            ("invalid_option".into(), true)
+        }
+        E::Encode(_) => ("encoder_failed".into(), true),
+        E::Convert(_) => ("convert_failed".into(), true),
+        E::Config(_) => ("invalid_option".into(), true),
+        E::Internal(_) => ("internal".into(), true),
+    }
+}
+
+#[napi]
+pub fn list_displays() -> Result<Vec<Display>> {
+    let d = x11::list_displays().map_err(|e| err("capture_failed", e))?;
+    Ok(d.into_iter()
+        .map(|m| Display {
+            index: m.index as u32,
+            name: m.name,
+            width: m.width,
+            height: m.height,
+            x: m.x,
+            y: m.y,
+            primary: m.primary,
+        })
+        .collect())
+}
+
+#[napi]
+pub fn list_windows() -> Result<Vec<Window>> {
+    let w = x11::list_windows().map_err(|e| err("capture_failed", e))?;
+    Ok(w.into_iter()
+        .map(|w| Window {
+            handle: w.id,
+            title: w.title,
+            process_name: w.process_name,
+            pid: w.pid,
+            width: w.width,
+            height: w.height,
+        })
+        .collect())
+}
+
+#[napi]
+pub fn list_audio() -> Result<AudioDevices> {
+    let d = pulse::list_audio().map_err(|e| err("audio_unavailable", e))?;
+    Ok(AudioDevices {
+        sources: d
+            .sources
+            .into_iter()
+            .map(|s| AudioDevice {
+                name: s.name,
+                description: s.description,
+                default: s.default,
+                monitor_of: s.monitor_of,
+            })
+            .collect(),
+        sinks: d
+            .sinks
+            .into_iter()
+            .map(|s| AudioDevice {
+                name: s.name,
+                description: s.description,
+                default: s.default,
+                monitor_of: None,
+            })
+            .collect(),
+        applications: d
+            .applications
+            .into_iter()
+            .map(|a| AudioApplication {
+                name: a.name,
+                pid: a.pid,
+                binary: a.binary,
+                sink: a.sink,
+            })
+            .collect(),
+    })
+}
+
+/// Turn JS options into a pipeline configuration; every mistake is an `invalid_option`.
+fn config(o: &ShareOptions) -> Result<PipelineConfig> {
+    let bad = |m: String| err("invalid_option", m);
+    let t = o.target.trim();
+    let lower = t.to_ascii_lowercase();
+    let mut output = if lower.starts_with("whip+") {
+        OutputSpec::Whip {
+            url: t.to_string(),
+            bearer: o.token.clone(),
+        }
+    } else {
+        t.parse::<OutputSpec>().map_err(|e| bad(e.to_string()))?
+    };
+    if let (OutputSpec::Serve(s), Some(tok)) = (&mut output, &o.token) {
+        s.token = Some(tok.clone());
+    }
+    let webrtc = output.is_webrtc();
+    let source =
+        match o.target_type.as_deref().unwrap_or("primary") {
+            "primary" | "screen" => SourceSpec::Screen,
+            "display" => SourceSpec::Display(o.target_id.ok_or_else(|| {
+                bad("targetType 'display' needs targetId (a display index)".into())
+            })? as usize),
+            "window" => SourceSpec::Window(o.target_id.ok_or_else(|| {
+                bad("targetType 'window' needs targetId (a window handle)".into())
+            })?),
+            "testsrc" => SourceSpec::TestSrc,
+            other => {
+                return Err(bad(format!(
+                    "unknown targetType '{other}' (primary, display, window or testsrc)"
+                )))
+            }
+        };
+    let fps = o.fps.unwrap_or(30);
+    if !(1..=240).contains(&fps) {
+        return Err(bad(format!("fps {fps} out of range 1–240")));
+    }
+    let bitrate = o.bitrate.unwrap_or(5e6);
+    if !(10e3..=500e6).contains(&bitrate) || !bitrate.is_finite() {
+        return Err(bad(format!(
+            "bitrate {bitrate} out of range (10k–500M bit/s)"
+        )));
+    }
+    let keyint = o.keyframe_interval.unwrap_or(2.0);
+    if !(keyint > 0.0 && keyint <= 60.0) {
+        return Err(bad(format!(
+            "keyframeInterval {keyint} out of range (0–60 s)"
+        )));
+    }
+    let kind = match o.encoder.as_deref() {
+        None => EncoderKind::Auto,
+        Some(e) => e.parse().map_err(bad)?,
+    };
+    let size = match o.size.as_deref() {
+        None => None,
+        Some(s) => {
+            let (w, h) = s
+                .split_once('x')
+                .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
+                .ok_or_else(|| bad(format!("invalid size '{s}' (WxH)")))?;
+            if w % 2 != 0 || h % 2 != 0 || !(16..=8192).contains(&w) || !(16..=8192).contains(&h) {
+                return Err(bad(format!("size '{s}': even numbers 16–8192")));
+            }
+            Some((w, h))
+        }
+    };
+    let audio = if o.capture_audio.unwrap_or(false) {
+        let mode = o.audio_mode.as_deref().unwrap_or("system");
+        let sources: Vec<AudioSourceSpec> = parse_audio_sources(mode).map_err(bad)?;
+        AudioConfig {
+            sources,
+            ..AudioConfig::default()
+        }
+    } else {
+        AudioConfig::default()
+    };
+    Ok(PipelineConfig {
+        source,
+        source_options: SourceOptions {
+            show_cursor: o.show_cursor.unwrap_or(true),
+            ..SourceOptions::default()
+        },
+        fps,
+        size,
+        encoder: EncoderSettings {
+            kind,
+            bitrate: bitrate as u64,
+            preset: o.preset.clone().unwrap_or_else(|| "veryfast".into()),
+            profile: if webrtc {
+                H264Profile::Baseline
+            } else {
+                H264Profile::High
+            },
+            keyint_s: keyint,
+        },
+        outputs: vec![output],
+        audio,
+        ..PipelineConfig::default()
+    })
+}
+
+fn stats_of(s: &StatsSnapshot) -> Stats {
+    Stats {
+        time_s: s.time_s,
+        fps: s.encoded_fps,
+        encode_ms: s.encode_ms_avg,
+        encode_ms_p95: s.encode_ms_p95,
+        bitrate_mbps: s.bitrate_kbps / 1000.0,
+        frames_encoded: s.frames_encoded as f64,
+        keyframes: s.keyframes as f64,
+        dropped_capture: s.drops.capture as f64,
+        dropped_encode_queue: s.drops.encode_queue as f64,
+        dropped_output: s.drops.output as f64,
+        outputs: s
+            .outputs
+            .iter()
+            .map(|o| OutputStats {
+                name: o.name.clone(),
+                state: serde_state(o.state),
+                bitrate_mbps: o.kbps / 1000.0,
+                bytes: o.bytes as f64,
+                dropped: o.dropped as f64,
+                reconnects: o.reconnects,
+                peers: o
+                    .peers
+                    .as_ref()
+                    .map(|p| p.iter().filter(|p| p.connected).count() as u32),
+            })
+            .collect(),
+        json: castline_json(s),
+    }
+}
+
+fn castline_json(s: &StatsSnapshot) -> String {
+    // The snapshot is plain data: serialization cannot fail.
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+fn serde_state(s: castline::pipeline::stats::OutputState) -> String {
+    use castline::pipeline::stats::OutputState as S;
+    match s {
+        S::Running => "running",
+        S::Reconnecting => "reconnecting",
+        S::Finished => "finished",
+        S::Failed => "failed",
+    }
+    .into()
+}
+
+/// What a running session shares with its monitor thread.
+struct Running {
+    stop: Arc<AtomicBool>,
+    keyframe: Arc<AtomicBool>,
+    monitor: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    running: Mutex<Option<Running>>,
+    /// True from start() until the monitor thread has reported the stop.
+    active: AtomicBool,
+}
+
+impl Inner {
+    /// Ask the engine to stop and wait until recordings are finalized. Idempotent.
+    fn stop_and_join(&self) {
+        let monitor = {
+            let mut r = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            match r.as_mut() {
+                Some(run) => {
+                    run.stop.store(true, Ordering::SeqCst);
+                    run.monitor.take()
+                }
+                None => None,
+            }
+        };
+        if let Some(m) = monitor {
+            let _ = m.join();
+        }
+    }
+}
+
+/// Every session of this process, so that exit can stop them all cleanly.
+static SESSIONS: Mutex<Vec<Weak<Inner>>> = Mutex::new(Vec::new());
+static EXIT_HOOK: std::sync::Once = std::sync::Once::new();
+
+fn stop_all_sessions() {
+    let sessions: Vec<Arc<Inner>> = SESSIONS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter_map(Weak::upgrade)
+        .collect();
+    for s in sessions {
+        s.stop_and_join();
+    }
+}
+
+/// One engine session (index.js's `Session` wraps it in an EventEmitter).
+#[napi]
+pub struct NativeSession {
+    options: ShareOptions,
+    inner: Arc<Inner>,
+}
+
+#[napi]
+impl NativeSession {
+    /// Validates the options (throws `invalid_option`).
+    #[napi(constructor)]
+    pub fn new(options: ShareOptions) -> Result<Self> {
+        config(&options)?;
+        let inner = Arc::new(Inner::default());
+        let mut all = SESSIONS.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|w| w.strong_count() > 0);
+        all.push(Arc::downgrade(&inner));
+        Ok(Self { options, inner })
+    }
+
+    /// Start the engine; resolves once capture, encoder and output are open (rejects with a
+    /// classified error otherwise). Callbacks run on the JS thread.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn start<'env>(
+        &self,
+        env: &'env Env,
+        on_error: Callback<EngineError>,
+        on_stopped: Callback<()>,
+        on_stats: Callback<Stats>,
+        on_event: Callback<EngineEvent>,
+    ) -> Result<Object<'env>> {
+        EXIT_HOOK.call_once(|| {
+            // Process exit (or worker teardown): stop every engine so recordings are finalized.
+            let _ = env.add_env_cleanup_hook((), |_| stop_all_sessions());
+        });
+        let cfg = config(&self.options)?;
+        let (deferred, promise) = env.create_deferred::<(), _>()?;
+        if self.inner.active.swap(true, Ordering::SeqCst) {
+            deferred.reject(err("already_running", "this session is already running"));
+            return Ok(promise);
+        }
+        let inner = self.inner.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let keyframe = Arc::new(AtomicBool::new(false));
+        let (stop2, keyframe2) = (stop.clone(), keyframe.clone());
+        // The monitor handle is stored before the thread can finish: hold the lock over spawn.
+        let mut guard = inner.running.lock().unwrap_or_else(|p| p.into_inner());
+        let inner2 = inner.clone();
+        let monitor = std::thread::Builder::new()
+            .name("castline-node".into())
+            .spawn(move || {
+                let pipeline = match Pipeline::start(cfg) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let (code, _) = classify(&e);
+                        // Not running any more before the promise settles.
+                        inner2.active.store(false, Ordering::SeqCst);
+                        deferred.reject(err(&code, &e));
+                        return;
+                    }
+                };
+                deferred.resolve(|_| Ok(()));
+                let detail = pipeline.endpoints().first().cloned();
+                on_event.call(
+                    EngineEvent {
+                        name: "started".into(),
+                        detail,
+                    },
+                    ThreadsafeFunctionCallMode::NonBlocking,
+                );
+                let engine_stop = pipeline.stop_handle();
+                let mut last = Instant::now();
+                let mut reported = std::collections::HashSet::new();
+                while !pipeline.is_finished() {
+                    std::thread::sleep(Duration::from_millis(20));
+                    if stop2.load(Ordering::SeqCst) {
+                        engine_stop.store(true, Ordering::SeqCst);
+                    }
+                    if keyframe2.swap(false, Ordering::SeqCst) {
+                        pipeline.request_keyframe();
+                    }
+                    if last.elapsed() >= Duration::from_secs(1) {
+                        last = Instant::now();
+                        let s = pipeline.sample_stats();
+                        // Output failures while running (the others keep going).
+                        for o in &s.outputs {
+                            if let Some(e) = &o.error {
+                                let key = format!("{}:{}", o.name, e.message);
+                                if reported.insert(key) {
+                                    on_error.call(
+                                        EngineError {
+                                            code: e.kind.to_string(),
+                                            message: e.message.clone(),
+                                            fatal: e.class == castline::ErrorClass::Fatal,
+                                        },
+                                        ThreadsafeFunctionCallMode::NonBlocking,
+                                    );
+                                }
+                            }
+                        }
+                        on_stats.call(stats_of(&s), ThreadsafeFunctionCallMode::NonBlocking);
+                    }
+                }
+                on_event.call(
+                    EngineEvent {
+                        name: "stopping".into(),
+                        detail: None,
+                    },
+                    ThreadsafeFunctionCallMode::NonBlocking,
+                );
+                match pipeline.wait() {
+                    Ok(summary) => {
+                        for o in summary.outputs.iter().filter_map(|o| o.as_ref().err()) {
+                            let key = o.to_string();
+                            if !reported.iter().any(|k| k.ends_with(&key)) {
+                                on_error.call(
+                                    EngineError {
+                                        code: o.kind().into(),
+                                        message: key,
+                                        fatal: o.class() == castline::ErrorClass::Fatal,
+                                    },
+                                    ThreadsafeFunctionCallMode::NonBlocking,
+                                );
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let (code, fatal) = classify(&e);
+                        on_error.call(
+                            EngineError {
+                                code,
+                                message: e.to_string(),
+                                fatal,
+                            },
+                            ThreadsafeFunctionCallMode::NonBlocking,
+                        );
+                    }
+                }
+                inner2.active.store(false, Ordering::SeqCst);
+                on_stopped.call((), ThreadsafeFunctionCallMode::NonBlocking);
+            })
+            .map_err(|e| err("internal", e))?;
+        *guard = Some(Running {
+            stop,
+            keyframe,
+            monitor: Some(monitor),
+        });
+        Ok(promise)
+    }
+
+    /// Stop (recordings finalized); resolves when the engine has ended. Idempotent, and safe
+    /// to call from any callback.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn stop<'env>(&self, env: &'env Env) -> Result<Object<'env>> {
+        let (deferred, promise) = env.create_deferred::<(), _>()?;
+        let inner = self.inner.clone();
+        std::thread::Builder::new()
+            .name("castline-node-stop".into())
+            .spawn(move || {
+                inner.stop_and_join();
+                deferred.resolve(|_| Ok(()));
+            })
+            .map_err(|e| err("internal", e))?;
+        Ok(promise)
+    }
+
+    /// Make the next encoded frame a keyframe (IDR).
+    #[napi]
+    pub fn force_keyframe(&self) {
+        if let Some(r) = self
+            .inner
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            r.keyframe.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[napi]
+    pub fn is_running(&self) -> bool {
+        self.inner.active.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for NativeSession {
+    /// A session collected while running stops its engine cleanly (recording finalized).
+    fn drop(&mut self) {
+        self.inner.stop_and_join();
+    }
+}

@@ -1,0 +1,222 @@
+'use strict';
+// The binding against real parts: Xvfb for the display list, the engine recording testsrc to
+// MP4 files checked with ffprobe. Run by `npm test` (and by scripts/test.sh).
+const { test, before, after } = require('node:test');
+const assert = require('node:assert');
+const { spawn, execFileSync, spawnSync } = require('node:child_process');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const engine = require('..');
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'castline-node-'));
+let xvfb;
+
+before(async () => {
+  const display = ':' + (200 + (process.pid % 500));
+  xvfb = spawn('Xvfb', [display, '-screen', '0', '1280x720x24', '-nolisten', 'tcp'], { stdio: 'ignore' });
+  process.env.DISPLAY = display;
+  for (let i = 0; i < 50; i++) {
+    try { engine.listDisplays(); break; } catch (e) { await new Promise((r) => setTimeout(r, 100)); }
+  }
+});
+
+after(() => { if (xvfb) xvfb.kill(); });
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function probe(file, args) {
+  return execFileSync('ffprobe', ['-v', 'error', ...args, '-of', 'json', file]).toString();
+}
+
+function streamInfo(file) {
+  const j = JSON.parse(probe(file, ['-select_streams', 'v:0', '-count_frames',
+    '-show_entries', 'stream=codec_name,width,height,nb_read_frames:format=duration']));
+  return { ...j.streams[0], duration: Number(j.format.duration) };
+}
+
+function keyframeTimes(file) {
+  const j = JSON.parse(probe(file, ['-select_streams', 'v:0', '-skip_frame', 'nokey',
+    '-show_entries', 'frame=pts_time']));
+  return j.frames.map((f) => Number(f.pts_time));
+}
+
+test('listDisplays reports the Xvfb screen', () => {
+  const d = engine.listDisplays();
+  assert.ok(d.length >= 1, JSON.stringify(d));
+  assert.deepStrictEqual([d[0].width, d[0].height, d[0].x, d[0].y], [1280, 720, 0, 0]);
+  assert.strictEqual(d.filter((x) => x.primary).length, 1);
+  assert.strictEqual(typeof d[0].name, 'string');
+});
+
+test('listWindows returns window objects', () => {
+  const w = engine.listWindows();
+  assert.ok(Array.isArray(w));
+  for (const x of w) {
+    assert.strictEqual(typeof x.handle, 'number');
+    assert.strictEqual(typeof x.title, 'string');
+  }
+});
+
+test('listAudio lists devices, or says why it cannot', () => {
+  try {
+    const a = engine.listAudio();
+    assert.ok(Array.isArray(a.sources) && Array.isArray(a.sinks) && Array.isArray(a.applications));
+  } catch (e) {
+    assert.strictEqual(e.code, 'audio_unavailable', String(e));
+  }
+});
+
+test('records 3 s through the API, with stats and a forced keyframe', async () => {
+  const file = path.join(tmp, 'api.mp4');
+  const stats = [];
+  const errors = [];
+  let stopped = 0;
+  await engine.startScreenShare(
+    { target: 'file://' + file, targetType: 'testsrc', size: '640x360', fps: 30,
+      keyframeInterval: 10, captureAudio: false },
+    (e) => errors.push(e),
+    () => { stopped += 1; },
+    (s) => stats.push(s),
+  );
+  assert.strictEqual(engine.isScreenShareRunning(), true);
+  await sleep(1500);
+  engine.forceKeyframe();
+  await sleep(1700);
+  await engine.stopScreenShare();
+  await sleep(100);
+  assert.strictEqual(engine.isScreenShareRunning(), false);
+  assert.strictEqual(stopped, 1);
+  assert.deepStrictEqual(errors, []);
+  assert.ok(stats.length >= 2, `${stats.length} stats callbacks`);
+  const s = stats[stats.length - 1];
+  assert.ok(s.fps > 25 && s.fps < 35, JSON.stringify(s));
+  assert.ok(s.bitrateMbps > 0 && s.encodeMs > 0, JSON.stringify(s));
+  assert.strictEqual(s.outputs.length, 1);
+  assert.strictEqual(s.outputs[0].state, 'running');
+  const info = streamInfo(file);
+  assert.deepStrictEqual([info.codec_name, info.width, info.height], ['h264', 640, 360]);
+  assert.ok(info.duration > 2.8 && info.duration < 3.8, String(info.duration));
+  // keyframeInterval is 10 s: the keyframe after the first is the forced one (~1.5 s).
+  const keys = keyframeTimes(file);
+  assert.strictEqual(keys.length, 2, JSON.stringify(keys));
+  assert.ok(keys[1] > 1.2 && keys[1] < 2.2, JSON.stringify(keys));
+  // Stopping again is harmless.
+  await engine.stopScreenShare();
+});
+
+test('bad options reject with a code instead of crashing', async () => {
+  const cases = [
+    [{ target: 'ftp://example/x', targetType: 'testsrc' }, 'invalid_option'],
+    [{ target: 'file:///tmp/x.mp4', targetType: 'testsrc', fps: 0 }, 'invalid_option'],
+    [{ target: 'file:///tmp/x.mp4', targetType: 'window' }, 'invalid_option'],
+    [{ target: 'file:///tmp/x.mp4', targetType: 'martian' }, 'invalid_option'],
+    [{ target: 'file:///tmp/x.mp4', targetType: 'testsrc', size: '641x360' }, 'invalid_option'],
+    [{ target: 'file:///tmp/x.mp4', targetType: 'window', targetId: 0x7ffffff }, 'capture_failed'],
+    [{ target: 'rtmp://127.0.0.1:9/live/key', targetType: 'testsrc' }, 'connection_refused'],
+  ];
+  for (const [opts, code] of cases) {
+    await assert.rejects(engine.startScreenShare(opts), (e) => {
+      assert.strictEqual(e.code, code, `${JSON.stringify(opts)}: ${e.code} ${e.message}`);
+      assert.strictEqual(typeof e.message, 'string');
+      return true;
+    });
+    assert.strictEqual(engine.isScreenShareRunning(), false);
+  }
+  assert.throws(() => new engine.Session({ target: 'nope' }), (e) => e.code === 'invalid_option');
+});
+
+test('sessions run side by side and stop from their own callbacks', async () => {
+  const a = new engine.Session({ target: path.join(tmp, 'a.mp4'), targetType: 'testsrc', size: '320x240' });
+  const b = new engine.Session({ target: path.join(tmp, 'b.mp4'), targetType: 'testsrc', size: '320x240' });
+  const done = (s) => new Promise((resolve) => s.on('stopped', resolve));
+  const stoppedA = done(a);
+  const stoppedB = done(b);
+  // Stop from inside a stats callback, twice (idempotent).
+  a.on('stats', () => { a.stop(); a.stop(); });
+  b.on('stats', () => { b.stop(); });
+  const events = [];
+  a.on('event', (e) => events.push(e.name));
+  await a.start();
+  await b.start();
+  await Promise.all([stoppedA, stoppedB]);
+  assert.deepStrictEqual(events, ['started', 'stopping']);
+  for (const f of ['a.mp4', 'b.mp4']) {
+    const info = streamInfo(path.join(tmp, f));
+    assert.ok(info.duration > 0.5, `${f}: ${info.duration}`);
+  }
+  await assert.rejects(a.stop().then(() => a.start()).then(() => a.start()), (e) => e.code === 'already_running');
+  await a.stop();
+});
+
+function counts() {
+  const fds = fs.readdirSync('/proc/self/fd').length;
+  const threads = fs.readdirSync('/proc/self/task').length;
+  const rss = Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync('/proc/self/status', 'utf8'))[1]) / 1024;
+  return { fds, threads, rss };
+}
+
+test('start/stop 20 times leaks no threads, descriptors or memory', async () => {
+  const file = path.join(tmp, 'loop.mp4');
+  const cycle = async () => {
+    const s = new engine.Session({ target: file, targetType: 'testsrc', size: '320x240' });
+    await s.start();
+    await sleep(150);
+    await s.stop();
+  };
+  // Warm up once: the first run loads FFmpeg's codecs and thread pools for good.
+  await cycle();
+  await sleep(300);
+  const before = counts();
+  for (let i = 0; i < 20; i++) await cycle();
+  await sleep(500);
+  if (global.gc) global.gc();
+  const after = counts();
+  assert.ok(after.threads <= before.threads + 1, `threads ${before.threads} → ${after.threads}`);
+  assert.ok(after.fds <= before.fds + 2, `fds ${before.fds} → ${after.fds}`);
+  assert.ok(after.rss - before.rss < 40, `RSS ${before.rss.toFixed(1)} → ${after.rss.toFixed(1)} MB`);
+  assert.ok(streamInfo(file).duration > 0.05);
+});
+
+test('process exit finalizes a running recording', () => {
+  const file = path.join(tmp, 'exit.mp4');
+  const script = `
+    const engine = require(${JSON.stringify(path.join(__dirname, '..'))});
+    engine.startScreenShare({ target: ${JSON.stringify(file)}, targetType: 'testsrc', size: '320x240' })
+      .then(() => setTimeout(() => process.exit(0), 2000));`;
+  const r = spawnSync(process.execPath, ['-e', script], { timeout: 30000 });
+  assert.strictEqual(r.status, 0, r.stderr.toString());
+  const info = streamInfo(file);
+  assert.ok(info.duration > 1.5, String(info.duration));
+  // Finalized: a standard MP4 with its index (moov) before the media (mdat).
+  const head = fs.readFileSync(file).subarray(0, 64 * 1024).toString('latin1');
+  assert.ok(head.indexOf('moov') >= 0 && head.indexOf('moov') < head.indexOf('mdat'), 'moov first');
+});
+
+test('a running session that is garbage-collected stops its engine and finalizes the file', () => {
+  const file = path.join(tmp, 'gc.mp4');
+  const script = `
+    const fs = require('node:fs');
+    const engine = require(${JSON.stringify(path.join(__dirname, '..'))});
+    const moovFirst = () => {
+      try {
+        const h = fs.readFileSync(${JSON.stringify(file)}).subarray(0, 65536).toString('latin1');
+        return h.indexOf('moov') >= 0 && h.indexOf('moov') < h.indexOf('mdat');
+      } catch (e) { return false; }
+    };
+    (async () => {
+      let s = new engine.Session({ target: ${JSON.stringify(file)}, targetType: 'testsrc', size: '320x240' });
+      await s.start();
+      s = null;
+      await new Promise((r) => setTimeout(r, 1500));
+      for (let i = 0; i < 10 && !moovFirst(); i++) {
+        global.gc();
+        await new Promise((r) => setTimeout(r, 300));
+      }
+      console.log(moovFirst() ? 'finalized' : 'not finalized');
+      process.exit(0);
+    })();`;
+  const r = spawnSync(process.execPath, ['--expose-gc', '-e', script], { timeout: 30000 });
+  assert.strictEqual(r.stdout.toString().trim(), 'finalized', r.stderr.toString());
+  assert.ok(streamInfo(file).duration > 0.1);
+});
