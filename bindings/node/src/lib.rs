@@ -456,7 +456,10 @@ impl NativeSession {
 
     /// Start the engine; resolves once capture, encoder and output are open (rejects with a
     /// classified error otherwise). Callbacks run on the JS thread.
-    #[napi(ts_return_type = "Promise<void>")]
+    #[napi(
+        ts_args_type = "onError: (error: EngineError) => void, onStopped: () => void, onStats: (stats: Stats) => void, onEvent: (event: EngineEvent) => void",
+        ts_return_type = "Promise<void>"
+    )]
     pub fn start<'env>(
         &self,
         env: &'env Env,
