@@ -67,6 +67,7 @@ if [ ! -d "$BROWSER_TESTS/node_modules/playwright-core" ]; then
 fi
 # The Node.js binding's build tool (@napi-rs/cli).
 if [ ! -d "$ROOT/bindings/node/node_modules/@napi-rs/cli" ]; then
-  echo "setup: npm ci in $ROOT/bindings/node"
-  (cd "$ROOT/bindings/node" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "setup: npm install in $ROOT/bindings/node"
+  # npm install, not ci: the lock file lists only the build tool's packages for this platform.
+  (cd "$ROOT/bindings/node" && npm install --no-audit --no-fund --loglevel=error)
 fi
