@@ -220,3 +220,19 @@ test('a running session that is garbage-collected stops its engine and finalizes
   assert.strictEqual(r.stdout.toString().trim(), 'finalized', r.stderr.toString());
   assert.ok(streamInfo(file).duration > 0.1);
 });
+
+test('a serve:// session reports its viewer URL, which needs the token', async () => {
+  const s = new engine.Session({ target: 'serve://127.0.0.1:0', targetType: 'testsrc',
+    size: '320x240', token: 'node-test-token-1' });
+  const started = new Promise((resolve) => s.on('event', (e) => { if (e.name === 'started') resolve(e); }));
+  await s.start();
+  const ev = await started;
+  assert.match(ev.detail, /^http:\/\/127\.0\.0\.1:\d+\/\?token=node-test-token-1$/);
+  const page = await fetch(ev.detail);
+  assert.strictEqual(page.status, 200);
+  assert.ok((await page.text()).includes('<video'));
+  const denied = await fetch(ev.detail.replace('node-test-token-1', 'wrong'));
+  assert.strictEqual(denied.status, 401);
+  await s.stop();
+  assert.strictEqual(s.isRunning(), false);
+});
