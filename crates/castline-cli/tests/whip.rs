@@ -103,26 +103,14 @@ fn wait_event(rx: &mpsc::Receiver<Value>, event: &str, timeout: Duration) -> Val
 
 /// Chromium in the namespace subscribes to the room and decodes.
 fn subscriber(ns: &Netns, port: u16) -> Vec<Value> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    let plan = json!({"steps": [
-        {"op": "open", "id": "s", "url": format!("http://127.0.0.1:{port}/subscriber.html")},
-        {"op": "wait_frames", "id": "s", "n": 60, "timeout_ms": 10000},
-        {"op": "wait_audio", "id": "s", "timeout_ms": 10000, "energy": 0.01},
-    ]});
-    let out = ns
-        .cmd("node")
-        .arg(dir.join("peer.mjs"))
-        .arg(plan.to_string())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    eprintln!(
-        "--- subscriber\n{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text.lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    browser_with(
+        ns.cmd("node"),
+        json!([
+            {"op": "open", "id": "s", "url": format!("http://127.0.0.1:{port}/subscriber.html")},
+            {"op": "wait_frames", "id": "s", "n": 60, "timeout_ms": 10000},
+            {"op": "wait_audio", "id": "s", "timeout_ms": 10000, "energy": 0.01},
+        ]),
+    )
 }
 
 #[test]

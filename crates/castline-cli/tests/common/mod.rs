@@ -784,27 +784,7 @@ impl Serve {
 /// The browser test driver (tests/browser/peer.mjs: Debian's headless Chromium through
 /// playwright-core). Runs the plan's steps and returns one JSON object per step.
 pub fn browser(steps: serde_json::Value) -> Vec<serde_json::Value> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    assert!(
-        dir.join("node_modules/playwright-core").exists(),
-        "playwright-core missing: run scripts/setup.sh (npm ci in {})",
-        dir.display()
-    );
-    let plan = serde_json::json!({ "steps": steps }).to_string();
-    let out = Command::new("node")
-        .arg(dir.join("peer.mjs"))
-        .arg(&plan)
-        .stdin(Stdio::null())
-        .output()
-        .expect("node runs (apt-get install nodejs)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    eprintln!(
-        "--- browser {plan}\n{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text.lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    browser_with(Command::new("node"), steps)
 }
 
 /// One HTTP/1.1 request over a plain socket; returns (status, body). Only for tests.
@@ -898,6 +878,11 @@ impl Drop for Netns {
 /// The browser test driver run by `node` from `cmd` (e.g. inside a network namespace).
 pub fn browser_with(mut cmd: Command, steps: serde_json::Value) -> Vec<serde_json::Value> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "playwright-core missing: run scripts/setup.sh (npm ci in {})",
+        dir.display()
+    );
     let plan = serde_json::json!({ "steps": steps }).to_string();
     let out = cmd
         .arg(dir.join("peer.mjs"))

@@ -605,16 +605,7 @@ impl HubCore {
         if let Some(p) = self.peers.get_mut(&id) {
             tracks_from_sdp(p, &answer);
         }
-        let usable = self
-            .peers
-            .get(&id)
-            .is_some_and(|p| p.video.is_some() || p.audio.is_some());
-        if !usable {
-            self.peers.remove(&id);
-            return Err(HubError::Negotiation(
-                "the offer has no receivable H.264 video or Opus audio".into(),
-            ));
-        }
+        self.keep_if_usable(id, "the offer has no receivable H.264 video or Opus audio")?;
         Ok((id, answer))
     }
 
@@ -665,15 +656,18 @@ impl HubCore {
             .accept_answer(pending, answer)
             .map_err(|e| HubError::Negotiation(e.to_string()))?;
         tracks_from_sdp(p, sdp);
+        self.keep_if_usable(id, "the answer accepts neither H.264 video nor Opus audio")
+    }
+
+    /// A peer without a track we can send is dropped with `why`.
+    fn keep_if_usable(&mut self, id: PeerId, why: &str) -> Result<(), HubError> {
         let usable = self
             .peers
             .get(&id)
             .is_some_and(|p| p.video.is_some() || p.audio.is_some());
         if !usable {
             self.peers.remove(&id);
-            return Err(HubError::Negotiation(
-                "the answer accepts neither H.264 video nor Opus audio".into(),
-            ));
+            return Err(HubError::Negotiation(why.into()));
         }
         Ok(())
     }
@@ -689,17 +683,7 @@ impl HubCore {
                 }
                 match p.rtc.poll_output() {
                     Ok(Output::Timeout(t)) => break Some(t),
-                    Ok(Output::Transmit(t)) => {
-                        if let Some(s) = self
-                            .local_addrs
-                            .iter()
-                            .position(|a| *a == t.source)
-                            .and_then(|i| self.sockets.get(i))
-                        {
-                            // A full socket buffer loses this datagram; NACK/keyframes recover.
-                            let _ = s.send_to(&t.contents, t.destination);
-                        }
-                    }
+                    Ok(Output::Transmit(t)) => transmit(&self.sockets, &self.local_addrs, &t),
                     Ok(Output::Event(e)) => events.push(e),
                     Err(e) => {
                         tracing::warn!(peer = id, error = %e, "peer failed");
@@ -874,14 +858,7 @@ impl HubCore {
                 p.rtc.disconnect();
                 // Flush the DTLS close alert and the like.
                 while let Ok(Output::Transmit(t)) = p.rtc.poll_output() {
-                    if let Some(s) = self
-                        .local_addrs
-                        .iter()
-                        .position(|a| *a == t.source)
-                        .and_then(|i| self.sockets.get(i))
-                    {
-                        let _ = s.send_to(&t.contents, t.destination);
-                    }
+                    transmit(&self.sockets, &self.local_addrs, &t);
                 }
                 self.closed(id, p.via, why);
             }
@@ -893,6 +870,18 @@ impl HubCore {
         let mut out: Vec<PeerReport> = self.peers.values().map(|p| p.report.clone()).collect();
         out.sort_by_key(|r| r.id);
         *self.reports.lock().unwrap_or_else(|p| p.into_inner()) = out;
+    }
+}
+
+/// Send a datagram from the socket bound to its source address. A full socket buffer loses it;
+/// NACKs and keyframe requests recover.
+fn transmit(sockets: &[UdpSocket], addrs: &[SocketAddr], t: &str0m::net::Transmit) {
+    if let Some(s) = addrs
+        .iter()
+        .position(|a| *a == t.source)
+        .and_then(|i| sockets.get(i))
+    {
+        let _ = s.send_to(&t.contents, t.destination);
     }
 }
 
