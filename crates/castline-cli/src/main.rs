@@ -433,6 +433,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             pipeline,
         } => {
             let lower = url.to_ascii_lowercase();
+            if lower.starts_with("rtp://") {
+                let primary = url
+                    .parse::<OutputSpec>()
+                    .map_err(|e| usage(e.to_string()))?;
+                return run_pipeline(primary, pipeline);
+            }
             let whip = lower.starts_with("http://")
                 || lower.starts_with("https://")
                 || lower.starts_with("whip+");

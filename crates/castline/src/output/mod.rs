@@ -5,6 +5,7 @@
 pub mod mp4;
 mod mux;
 pub mod rtmp;
+pub mod rtp;
 pub mod serve;
 pub mod whip;
 
@@ -89,6 +90,8 @@ pub enum OutputSpec {
         url: String,
         bearer: Option<String>,
     },
+    /// Plain RTP (with rtcp-mux) to a native ingest such as a mediasoup PlainTransport.
+    Rtp(rtp::RtpTarget),
 }
 
 impl OutputSpec {
@@ -97,14 +100,14 @@ impl OutputSpec {
         match self {
             // MP4 could hold Opus too, but AAC is what every player of an .mp4 expects.
             Self::Mp4(_) | Self::Rtmp(_) => AudioCodec::Aac,
-            Self::Serve(_) | Self::Whip { .. } => AudioCodec::Opus,
+            Self::Serve(_) | Self::Whip { .. } | Self::Rtp(_) => AudioCodec::Opus,
         }
     }
 
     /// Whether this output goes to WebRTC peers, which only decode constrained baseline or
     /// main profile H.264 (no High).
     pub fn is_webrtc(&self) -> bool {
-        matches!(self, Self::Serve(_) | Self::Whip { .. })
+        matches!(self, Self::Serve(_) | Self::Whip { .. } | Self::Rtp(_))
     }
 
     /// A name safe to log.
@@ -114,6 +117,7 @@ impl OutputSpec {
             Self::Rtmp(u) => redact_url(u),
             Self::Serve(o) => format!("serve://{}", o.listen),
             Self::Whip { url, .. } => format!("whip {}", whip::redact_whip_url(url)),
+            Self::Rtp(t) => format!("rtp://{}", t.addr),
         }
     }
 }
@@ -139,6 +143,9 @@ impl std::str::FromStr for OutputSpec {
                 url: s.to_string(),
                 bearer: None,
             });
+        }
+        if lower_url.starts_with("rtp://") {
+            return Ok(Self::Rtp(rtp::RtpTarget::parse_url(s)?));
         }
         if lower_url.starts_with("rtmp://") || lower_url.starts_with("rtmps://") {
             rtmp::RtmpTarget::parse(s)?;
@@ -176,6 +183,13 @@ pub fn open_output(
         )?)),
         OutputSpec::Serve(o) => Ok(Box::new(serve::ServeOutput::start(
             o, info, clock, keyframe,
+        )?)),
+        OutputSpec::Rtp(t) => Ok(Box::new(rtp::RtpOutput::connect(
+            t.clone(),
+            info,
+            clock,
+            keyframe,
+            rtp::RtpOptions::default(),
         )?)),
         OutputSpec::Whip { url, bearer } => Ok(Box::new(whip::WhipOutput::connect(
             url,
