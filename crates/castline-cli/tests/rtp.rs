@@ -1,0 +1,176 @@
+//! `castline publish rtp://…` against a loopback receiver built from rtp-types/rtcp-types (the
+//! default tier of issue 6): packetization read back and decoded with ffprobe, PLI → IDR within
+//! 200 ms, NACK → retransmission, malformed RTCP ignored.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rtcp_types::{Nack, PayloadFeedback, Pli, RtcpPacketWriterExt, TransportFeedback};
+
+struct Rtp {
+    seq: u16,
+    ts: u32,
+    marker: bool,
+    payload: Vec<u8>,
+    at: Instant,
+}
+
+fn parse(buf: &[u8]) -> Option<Rtp> {
+    // RTCP (payload types 200–206 with the marker bit folded in) is not media.
+    if buf.len() > 1 && (200..=206).contains(&buf[1]) {
+        return None;
+    }
+    let p = rtp_types::RtpPacket::parse(buf).ok()?;
+    assert_eq!(p.payload_type(), 96);
+    assert_eq!(p.ssrc(), 1111);
+    Some(Rtp {
+        seq: p.sequence_number(),
+        ts: p.timestamp(),
+        marker: p.marker_bit(),
+        payload: p.payload().to_vec(),
+        at: Instant::now(),
+    })
+}
+
+/// Whether an RTP payload starts an IDR NAL unit (single, STAP-A or FU-A start).
+fn starts_idr(p: &[u8]) -> bool {
+    match p[0] & 0x1f {
+        5 => true,
+        28 => p.len() > 1 && p[1] & 0x80 != 0 && p[1] & 0x1f == 5,
+        _ => false,
+    }
+}
+
+/// Annex B from RFC 6184 payloads.
+fn depayload(packets: &[Rtp]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in packets {
+        let d = &p.payload;
+        match d[0] & 0x1f {
+            24 => {
+                let mut i = 1;
+                while i + 2 <= d.len() {
+                    let n = u16::from_be_bytes([d[i], d[i + 1]]) as usize;
+                    out.extend_from_slice(&[0, 0, 0, 1]);
+                    out.extend_from_slice(&d[i + 2..i + 2 + n]);
+                    i += 2 + n;
+                }
+            }
+            28 => {
+                if d[1] & 0x80 != 0 {
+                    out.extend_from_slice(&[0, 0, 0, 1, (d[0] & 0xe0) | (d[1] & 0x1f)]);
+                }
+                out.extend_from_slice(&d[2..]);
+            }
+            _ => {
+                out.extend_from_slice(&[0, 0, 0, 1]);
+                out.extend_from_slice(d);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn h264_over_rtp_decodes_and_answers_pli_nack_and_ignores_garbage() {
+    let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let port = rx.local_addr().unwrap().port();
+    let mut child = Proc(spawn_castline(castline().args([
+        "publish",
+        &format!("rtp://127.0.0.1:{port}?video_pt=96&video_ssrc=1111"),
+        "--source",
+        "testsrc",
+        "--size",
+        "320x240",
+        "--keyint",
+        "10",
+        "--audio",
+        "none",
+        "--duration",
+        "6",
+    ])));
+    let mut packets: Vec<Rtp> = Vec::new();
+    let mut peer = None;
+    let mut buf = [0u8; 2048];
+    let t0 = Instant::now();
+    let mut pli_at = None;
+    let mut nacked = None;
+    let mut retransmitted = false;
+    while t0.elapsed() < Duration::from_secs(8) {
+        let Ok((n, from)) = rx.recv_from(&mut buf) else {
+            if matches!(child.0.try_wait(), Ok(Some(_))) && !packets.is_empty() {
+                break;
+            }
+            continue;
+        };
+        peer = Some(from);
+        let Some(p) = parse(&buf[..n]) else { continue };
+        if nacked == Some(p.seq) && packets.iter().any(|q| q.seq == p.seq) {
+            retransmitted = true;
+            continue;
+        }
+        packets.push(p);
+        let elapsed = t0.elapsed();
+        if pli_at.is_none() && elapsed > Duration::from_secs(3) {
+            let fb = PayloadFeedback::builder_owned(Pli::builder())
+                .sender_ssrc(1)
+                .media_ssrc(1111);
+            let mut out = vec![0u8; 64];
+            let n = fb.write_into(&mut out).unwrap();
+            rx.send_to(&out[..n], peer.unwrap()).unwrap();
+            // Garbage RTCP right after: counted and ignored.
+            rx.send_to(&[0x80, 201, 0xff, 0xff, 1, 2], peer.unwrap())
+                .unwrap();
+            pli_at = Some(Instant::now());
+        }
+        if nacked.is_none() && elapsed > Duration::from_secs(4) {
+            let seq = packets[packets.len() - 5].seq;
+            let fb = TransportFeedback::builder_owned(Nack::builder().add_rtp_sequence(seq))
+                .sender_ssrc(1)
+                .media_ssrc(1111);
+            let mut out = vec![0u8; 64];
+            let n = fb.write_into(&mut out).unwrap();
+            rx.send_to(&out[..n], peer.unwrap()).unwrap();
+            nacked = Some(seq);
+        }
+    }
+    let status = child.0.wait().unwrap();
+    assert!(status.success());
+    // Sequence numbers consecutive, 90 kHz timestamps, one marker per frame.
+    for w in packets.windows(2) {
+        assert_eq!(w[1].seq, w[0].seq.wrapping_add(1));
+    }
+    let frames = packets.iter().filter(|p| p.marker).count();
+    assert!((170..=185).contains(&frames), "{frames} frames in 6 s");
+    let marks: Vec<&Rtp> = packets.iter().filter(|p| p.marker).collect();
+    for w in marks.windows(2) {
+        let d = w[1].ts.wrapping_sub(w[0].ts);
+        assert!((2900..=3100).contains(&d), "timestamp step {d}");
+    }
+    assert!(packets.iter().all(|p| p.payload.len() + 12 <= 1200));
+    // The PLI got an IDR within 200 ms (keyint is 10 s, so no scheduled one).
+    let pli = pli_at.expect("PLI sent");
+    let idr = packets
+        .iter()
+        .find(|p| p.at > pli && starts_idr(&p.payload))
+        .expect("an IDR after the PLI");
+    let delay = idr.at.duration_since(pli);
+    assert!(
+        delay <= Duration::from_millis(200),
+        "IDR {delay:?} after the PLI"
+    );
+    assert!(retransmitted, "NACKed packet not retransmitted");
+    // What arrived decodes.
+    let dir = tmpdir("rtp-basic");
+    let file = dir.join("rx.h264");
+    std::fs::write(&file, depayload(&packets)).unwrap();
+    let p = probe(&file);
+    assert_eq!((p.codec.as_str(), p.width, p.height), ("h264", 320, 240));
+    let (_, errors) = decode(&file, "gray");
+    assert!(errors.is_empty(), "{errors}");
+}
