@@ -95,7 +95,6 @@ fn h264_over_rtp_decodes_and_answers_pli_nack_and_ignores_garbage() {
         "6",
     ])));
     let mut packets: Vec<Rtp> = Vec::new();
-    let mut peer = None;
     let mut buf = [0u8; 2048];
     let t0 = Instant::now();
     let mut pli_at = None;
@@ -108,7 +107,7 @@ fn h264_over_rtp_decodes_and_answers_pli_nack_and_ignores_garbage() {
             }
             continue;
         };
-        peer = Some(from);
+        let peer = Some(from);
         let Some(p) = parse(&buf[..n]) else { continue };
         if nacked == Some(p.seq) && packets.iter().any(|q| q.seq == p.seq) {
             retransmitted = true;
