@@ -107,7 +107,7 @@ fn h264_over_rtp_decodes_and_answers_pli_nack_and_ignores_garbage() {
             }
             continue;
         };
-        let peer = Some(from);
+        let peer = from;
         let Some(p) = parse(&buf[..n]) else { continue };
         if nacked == Some(p.seq) && packets.iter().any(|q| q.seq == p.seq) {
             retransmitted = true;
@@ -121,10 +121,9 @@ fn h264_over_rtp_decodes_and_answers_pli_nack_and_ignores_garbage() {
                 .media_ssrc(1111);
             let mut out = vec![0u8; 64];
             let n = fb.write_into(&mut out).unwrap();
-            rx.send_to(&out[..n], peer.unwrap()).unwrap();
+            rx.send_to(&out[..n], peer).unwrap();
             // Garbage RTCP right after: counted and ignored.
-            rx.send_to(&[0x80, 201, 0xff, 0xff, 1, 2], peer.unwrap())
-                .unwrap();
+            rx.send_to(&[0x80, 201, 0xff, 0xff, 1, 2], peer).unwrap();
             pli_at = Some(Instant::now());
         }
         if nacked.is_none() && elapsed > Duration::from_secs(4) {
@@ -134,7 +133,7 @@ fn h264_over_rtp_decodes_and_answers_pli_nack_and_ignores_garbage() {
                 .media_ssrc(1111);
             let mut out = vec![0u8; 64];
             let n = fb.write_into(&mut out).unwrap();
-            rx.send_to(&out[..n], peer.unwrap()).unwrap();
+            rx.send_to(&out[..n], peer).unwrap();
             nacked = Some(seq);
         }
     }
