@@ -67,8 +67,14 @@ enum Command {
     /// Publish over WebRTC to a WHIP endpoint (an SFU or media server), e.g.
     /// https://sfu.example/whip/room.
     Publish {
-        /// WHIP endpoint URL (http://, https://, or with a whip+ prefix).
-        url: String,
+        /// WHIP endpoint URL (http://, https://, or with a whip+ prefix), or plain RTP:
+        /// rtp://IP:PORT?video_pt=N&video_ssrc=N[&audio_pt=N&audio_ssrc=N].
+        #[arg(required_unless_present = "session")]
+        url: Option<String>,
+        /// Plain RTP parameters as JSON from a file, or - for stdin:
+        /// {"rtp":{"ip","port"},"video":{"payload_type","ssrc"},"audio":{…}}.
+        #[arg(long, conflicts_with = "url")]
+        session: Option<String>,
         /// Bearer token for the WHIP endpoint (never printed).
         #[arg(long, env = "CASTLINE_WHIP_BEARER", hide_env_values = true)]
         bearer: Option<String>,
@@ -429,9 +435,25 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Publish {
             url,
+            session,
             bearer,
             pipeline,
         } => {
+            if let Some(src) = session {
+                let text = if src == "-" {
+                    let mut t = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
+                        .map_err(|e| usage(format!("cannot read the session from stdin: {e}")))?;
+                    t
+                } else {
+                    std::fs::read_to_string(&src)
+                        .map_err(|e| usage(format!("cannot read session file '{src}': {e}")))?
+                };
+                let target = castline::output::rtp::RtpTarget::parse_json(&text)
+                    .map_err(|e| usage(e.to_string()))?;
+                return run_pipeline(OutputSpec::Rtp(target), pipeline);
+            }
+            let url = url.unwrap_or_default();
             let lower = url.to_ascii_lowercase();
             if lower.starts_with("rtp://") {
                 let primary = url

@@ -24,6 +24,10 @@ fn parse(buf: &[u8]) -> Option<Rtp> {
         return None;
     }
     let p = rtp_types::RtpPacket::parse(buf).ok()?;
+    // Audio (when present) is checked by its own test.
+    if p.ssrc() == 2222 {
+        return None;
+    }
     assert_eq!(p.payload_type(), 96);
     assert_eq!(p.ssrc(), 1111);
     Some(Rtp {
@@ -171,4 +175,127 @@ fn h264_over_rtp_decodes_and_answers_pli_nack_and_ignores_garbage() {
     assert_eq!((p.codec.as_str(), p.width, p.height), ("h264", 320, 240));
     let (_, errors) = decode(&file, "gray");
     assert!(errors.is_empty(), "{errors}");
+}
+
+#[test]
+fn session_json_from_stdin_carries_opus_and_receiver_reports_reach_the_stats() {
+    use std::io::Write;
+    let pulse = Pulse::start("rtp-audio");
+    let _tone = pulse.tone(440, "toneA", "speakers");
+    let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let port = rx.local_addr().unwrap().port();
+    let mut cmd = castline();
+    pulse.env(&mut cmd);
+    cmd.args([
+        "publish",
+        "--session",
+        "-",
+        "--source",
+        "testsrc",
+        "--size",
+        "320x240",
+    ])
+    .args(["--audio", "system", "--duration", "5", "--stats", "json"])
+    .stdin(std::process::Stdio::piped());
+    let mut child = spawn_castline(&mut cmd);
+    let session = format!(
+        r#"{{"rtp":{{"ip":"127.0.0.1","port":{port}}},"video":{{"payload_type":96,"ssrc":1111}},"audio":{{"payload_type":100,"ssrc":2222}}}}"#
+    );
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(session.as_bytes())
+        .unwrap();
+    let mut audio_ts = Vec::new();
+    let mut buf = [0u8; 2048];
+    let t0 = Instant::now();
+    let mut reported = false;
+    while t0.elapsed() < Duration::from_secs(7) {
+        let Ok((n, from)) = rx.recv_from(&mut buf) else {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            continue;
+        };
+        let Ok(p) = rtp_types::RtpPacket::parse(&buf[..n]) else {
+            continue;
+        };
+        if p.ssrc() == 2222 && !(200..=206).contains(&buf[1]) {
+            assert_eq!(p.payload_type(), 100);
+            audio_ts.push(p.timestamp());
+        }
+        if !reported && t0.elapsed() > Duration::from_secs(2) {
+            // A receiver report: 25 % lost, jitter 900 (10 ms at 90 kHz).
+            let rr = rtcp_types::ReceiverReport::builder(7).add_report_block(
+                rtcp_types::ReportBlock::builder(1111)
+                    .fraction_lost(64)
+                    .interarrival_jitter(900),
+            );
+            let mut out = vec![0u8; 64];
+            let n = rr.write_into(&mut out).unwrap();
+            rx.send_to(&out[..n], from).unwrap();
+            reported = true;
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    // Opus: 20 ms packets, 960 ticks of the 48 kHz clock apart.
+    assert!(audio_ts.len() > 150, "{} audio packets", audio_ts.len());
+    for w in audio_ts.windows(2) {
+        assert_eq!(w[1].wrapping_sub(w[0]), 960);
+    }
+    let stats = json_stats(&err);
+    let rtcp = stats
+        .iter()
+        .filter_map(|s| s["outputs"][0]["rtcp"].as_object().cloned())
+        .last()
+        .expect("rtcp stats");
+    assert_eq!(rtcp["loss"].as_f64(), Some(0.25), "{rtcp:?}");
+    assert!(
+        (rtcp["jitter_ms"].as_f64().unwrap() - 10.0).abs() < 0.01,
+        "{rtcp:?}"
+    );
+}
+
+#[test]
+fn closed_port_and_malformed_targets_are_clear_errors() {
+    // Nothing listens: the ICMP port unreachable for the first RTCP packet fails the start.
+    let port = free_port();
+    let out = run(castline().args([
+        "publish",
+        &format!("rtp://127.0.0.1:{port}?video_pt=96&video_ssrc=1"),
+        "--source",
+        "testsrc",
+        "--audio",
+        "none",
+        "--duration",
+        "3",
+    ]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("connection refused"),
+        "{}",
+        stderr(&out)
+    );
+    for bad in [
+        "rtp://127.0.0.1:5004",
+        "rtp://127.0.0.1:5004?video_pt=300&video_ssrc=1",
+        "rtp://nohost:5004?video_pt=96&video_ssrc=1",
+    ] {
+        let out = run(castline().args(["publish", bad, "--audio", "none"]));
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+    }
+    let dir = tmpdir("rtp-bad-json");
+    let f = dir.join("s.json");
+    std::fs::write(&f, "{\"rtp\":{\"ip\":\"127.0.0.1\"}}").unwrap();
+    let out = run(castline()
+        .args(["publish", "--session"])
+        .arg(&f)
+        .args(["--audio", "none"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("rtp.port"), "{}", stderr(&out));
 }

@@ -74,6 +74,10 @@ pub trait Output: Send {
     fn hub(&self) -> Option<Hub> {
         None
     }
+    /// Plain RTP outputs: what the receiver's RTCP reported.
+    fn rtcp(&self) -> Option<Arc<std::sync::Mutex<rtp::RtcpReport>>> {
+        None
+    }
 }
 
 /// Where to send the stream: parsed from a CLI argument.

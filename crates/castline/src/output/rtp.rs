@@ -229,6 +229,8 @@ pub struct RtpOutput {
     last_sr: Option<Instant>,
     last_keyframe_request: Option<Instant>,
     report: RtcpReport,
+    /// A copy of `report` for the stats sampler, refreshed after each RTCP datagram.
+    shared: Arc<std::sync::Mutex<RtcpReport>>,
     bytes: u64,
     packets: u64,
 }
@@ -287,6 +289,7 @@ impl RtpOutput {
             last_sr: None,
             last_keyframe_request: None,
             report: RtcpReport::default(),
+            shared: Arc::new(std::sync::Mutex::new(RtcpReport::default())),
             bytes: 0,
             packets: 0,
         };
@@ -321,8 +324,9 @@ impl RtpOutput {
         }
     }
 
-    pub fn report(&self) -> &RtcpReport {
-        &self.report
+    /// What RTCP reported so far, shared with the stats.
+    pub fn report(&self) -> Arc<std::sync::Mutex<RtcpReport>> {
+        self.shared.clone()
     }
 
     fn send(&mut self, datagram: &[u8]) -> Result<(), OutputError> {
@@ -377,6 +381,11 @@ impl RtpOutput {
     }
 
     fn handle_rtcp(&mut self, data: &[u8]) {
+        self.read_rtcp(data);
+        *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = self.report.clone();
+    }
+
+    fn read_rtcp(&mut self, data: &[u8]) {
         let Ok(compound) = Compound::parse(data) else {
             self.report.malformed += 1;
             return;
@@ -518,6 +527,10 @@ impl Output for RtpOutput {
         }
         self.packets += 1;
         Ok(Written::Sent)
+    }
+
+    fn rtcp(&self) -> Option<Arc<std::sync::Mutex<RtcpReport>>> {
+        Some(self.report())
     }
 
     fn finish(self: Box<Self>, _clean: bool) -> Result<OutputSummary, OutputError> {

@@ -246,6 +246,7 @@ impl Pipeline {
             }
             let mut c = OutputCounters::new(out.name(), queue);
             c.hub = out.hub();
+            c.rtcp = out.rtcp();
             if !audio_encoders.is_empty() {
                 c.audio = Some(spec.audio_codec());
                 c.queue.add_producer();

@@ -74,6 +74,8 @@ pub struct OutputCounters {
     pub error: Mutex<Option<ErrorReport>>,
     /// WebRTC outputs: the hub whose peers are reported.
     pub hub: Option<crate::webrtc::Hub>,
+    /// Plain RTP outputs: the receiver's RTCP feedback.
+    pub rtcp: Option<Arc<Mutex<crate::output::rtp::RtcpReport>>>,
 }
 
 impl OutputCounters {
@@ -90,6 +92,7 @@ impl OutputCounters {
             link: Mutex::new(None),
             error: Mutex::new(None),
             hub: None,
+            rtcp: None,
         }
     }
 
@@ -201,6 +204,9 @@ pub struct OutputSnapshot {
     /// WebRTC outputs: keyframe requests from peers passed to the encoder (rate-limited).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keyframe_requests: Option<u64>,
+    /// Plain RTP outputs: RTCP feedback (loss, jitter, RTT, PLI/FIR/NACK counts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtcp: Option<crate::output::rtp::RtcpReport>,
 }
 
 /// Turns counters into per-interval snapshots.
@@ -278,6 +284,10 @@ impl StatsSampler {
                         .or_else(|| link.and_then(|l| l.last_error)),
                     peers: o.hub.as_ref().map(|h| h.peers()),
                     keyframe_requests: o.hub.as_ref().map(|h| h.keyframes_requested()),
+                    rtcp: o
+                        .rtcp
+                        .as_ref()
+                        .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).clone()),
                 }
             })
             .collect::<Vec<_>>();
