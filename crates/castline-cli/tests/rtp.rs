@@ -251,8 +251,8 @@ fn session_json_from_stdin_carries_opus_and_receiver_reports_reach_the_stats() {
     let stats = json_stats(&err);
     let rtcp = stats
         .iter()
-        .filter_map(|s| s["outputs"][0]["rtcp"].as_object().cloned())
-        .last()
+        .rev()
+        .find_map(|s| s["outputs"][0]["rtcp"].as_object().cloned())
         .expect("rtcp stats");
     assert_eq!(rtcp["loss"].as_f64(), Some(0.25), "{rtcp:?}");
     assert!(
