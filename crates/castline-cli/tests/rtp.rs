@@ -299,3 +299,102 @@ fn closed_port_and_malformed_targets_are_clear_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("rtp.port"), "{}", stderr(&out));
 }
+
+/// Interop tier: a real mediasoup router with a plain-RTP ingest transport
+/// (../shared/interop/mediasoup; skipped with a message when absent).
+#[test]
+fn publish_into_mediasoup_plain_transport() {
+    let interop =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/interop/mediasoup");
+    if !interop.join("ingest-server.js").exists() {
+        eprintln!("skipped: ../shared/interop not found (mediasoup interop tier)");
+        return;
+    }
+    use std::io::BufRead;
+    let setup = std::process::Command::new("bash")
+        .arg(interop.join("setup.sh"))
+        .output()
+        .expect("mediasoup setup");
+    assert!(
+        setup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let dir = String::from_utf8_lossy(&setup.stdout).trim().to_string();
+    let tmp = tmpdir("rtp-mediasoup");
+    let dump = tmp.join("dump.h264");
+    let mut server = std::process::Command::new("node")
+        .env("NODE_PATH", format!("{dir}/node_modules"))
+        .arg(interop.join("ingest-server.js"))
+        .args(["--seconds", "15", "--keyframe-at", "5,10", "--dump-h264"])
+        .arg(&dump)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(server.stdout.take().unwrap()).lines();
+    let ready: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(ready["event"], "ready", "{ready}");
+    let session = serde_json::json!({
+        "rtp": ready["rtp"], "video": ready["video"], "audio": ready["audio"],
+    });
+    let pulse = Pulse::start("rtp-mediasoup");
+    let _tone = pulse.tone(440, "toneA", "speakers");
+    let mut cmd = castline();
+    pulse.env(&mut cmd);
+    cmd.args([
+        "publish",
+        "--session",
+        "-",
+        "--source",
+        "testsrc",
+        "--size",
+        "640x360",
+    ])
+    .args(["--keyint", "30", "--audio", "system", "--duration", "16"])
+    .stdin(std::process::Stdio::piped());
+    let mut castline = spawn_castline(&mut cmd);
+    {
+        use std::io::Write;
+        castline
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(session.to_string().as_bytes())
+            .unwrap();
+    }
+    let mut events = Vec::new();
+    for line in lines.map_while(Result::ok) {
+        eprintln!("mediasoup: {line}");
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+            let done = v["event"] == "done";
+            events.push(v);
+            if done {
+                break;
+            }
+        }
+    }
+    let _ = server.wait();
+    let out = castline.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stats: Vec<&serde_json::Value> = events.iter().filter(|e| e["event"] == "stats").collect();
+    let last = stats.last().expect("stats from mediasoup");
+    assert!(last["video"]["score"].as_f64().unwrap() >= 9.0, "{last}");
+    let (p1, p2) = (
+        stats[stats.len() / 2]["video"]["packets"].as_u64().unwrap(),
+        last["video"]["packets"].as_u64().unwrap(),
+    );
+    assert!(p2 > p1 && p1 > 0, "video packets {p1} → {p2}");
+    assert!(last["audio"]["packets"].as_u64().unwrap() > 100, "{last}");
+    // Each keyframe request answered by an IDR within 200 ms (keyint is 30 s).
+    let received: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["event"] == "keyframe_received")
+        .collect();
+    assert!(received.len() >= 2, "{events:?}");
+    for r in &received {
+        assert!(r["after_ms"].as_f64().unwrap() <= 200.0, "{r}");
+    }
+    let p = probe(&dump);
+    assert_eq!((p.codec.as_str(), p.width, p.height), ("h264", 640, 360));
+    assert!(p.frames >= 300, "{} frames decoded", p.frames);
+}
