@@ -350,7 +350,7 @@ fn publish_into_mediasoup_plain_transport() {
         "--size",
         "640x360",
     ])
-    .args(["--keyint", "30", "--audio", "system", "--duration", "16"])
+    .args(["--keyint", "30", "--audio", "system", "--duration", "13"])
     .stdin(std::process::Stdio::piped());
     let mut castline = spawn_castline(&mut cmd);
     {
@@ -396,5 +396,5 @@ fn publish_into_mediasoup_plain_transport() {
     }
     let p = probe(&dump);
     assert_eq!((p.codec.as_str(), p.width, p.height), ("h264", 640, 360));
-    assert!(p.frames >= 300, "{} frames decoded", p.frames);
+    assert!(p.frames >= 330, "{} frames decoded", p.frames);
 }
