@@ -380,7 +380,8 @@ impl RtpOutput {
         }
     }
 
-    fn handle_rtcp(&mut self, data: &[u8]) {
+    /// Feed one RTCP datagram from the receiver (also what the socket loop calls).
+    pub fn handle_rtcp(&mut self, data: &[u8]) {
         self.read_rtcp(data);
         *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = self.report.clone();
     }
