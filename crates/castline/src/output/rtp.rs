@@ -1,13 +1,10 @@
-//! Plain RTP publishing (issue 6, work in progress on this branch): H.264 (RFC 6184,
-//! packetization-mode 1) and Opus over one UDP 5-tuple with RTCP multiplexed (rtcp-mux), as a
-//! mediasoup comedia PlainTransport expects. RTP headers and RTCP through the GStreamer
-//! project's `rtp-types` / `rtcp-types`.
-//!
-//! Done here: target parsing (URL and session JSON), the H.264 payloader (single NAL unit,
-//! STAP-A for parameter sets, FU-A), the send history for NACKs.
-//! Still to do: the `Output` (socket, SR schedule, RR stats, PLI/FIR → keyframe), tests against
-//! a loopback receiver and ffmpeg's SDP reader, the mediasoup interop tier, RTCP fuzzing and
-//! the benchmark.
+//! Plain RTP publishing: H.264 (RFC 6184, packetization-mode 1) and Opus over one UDP 5-tuple
+//! with RTCP multiplexed (rtcp-mux), as a mediasoup comedia PlainTransport expects. RTP headers
+//! and RTCP through the GStreamer project's `rtp-types` / `rtcp-types`; the H.264 payloader
+//! (single NAL unit, STAP-A for parameter sets, FU-A) is here. RTCP arriving on the socket is
+//! read before each packet is sent: receiver reports feed the stats, PLI/FIR request a keyframe
+//! (rate-limited), NACKs are answered from a bounded send history; sender reports go out every
+//! second with the NTP ↔ RTP mapping of the capture clock.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
