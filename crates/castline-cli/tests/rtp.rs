@@ -177,15 +177,9 @@ fn h264_over_rtp_decodes_and_answers_pli_nack_and_ignores_garbage() {
     assert!(errors.is_empty(), "{errors}");
 }
 
-#[test]
-fn session_json_from_stdin_carries_opus_and_receiver_reports_reach_the_stats() {
+/// `castline publish --session -` with system audio from `pulse`, the JSON written to its stdin.
+fn publish_session(pulse: &Pulse, session: &str, args: &[&str]) -> std::process::Child {
     use std::io::Write;
-    let pulse = Pulse::start("rtp-audio");
-    let _tone = pulse.tone(440, "toneA", "speakers");
-    let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-    rx.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let port = rx.local_addr().unwrap().port();
     let mut cmd = castline();
     pulse.env(&mut cmd);
     cmd.args([
@@ -194,21 +188,37 @@ fn session_json_from_stdin_carries_opus_and_receiver_reports_reach_the_stats() {
         "-",
         "--source",
         "testsrc",
-        "--size",
-        "320x240",
+        "--audio",
+        "system",
     ])
-    .args(["--audio", "system", "--duration", "5", "--stats", "json"])
+    .args(args)
     .stdin(std::process::Stdio::piped());
     let mut child = spawn_castline(&mut cmd);
-    let session = format!(
-        r#"{{"rtp":{{"ip":"127.0.0.1","port":{port}}},"video":{{"payload_type":96,"ssrc":1111}},"audio":{{"payload_type":100,"ssrc":2222}}}}"#
-    );
     child
         .stdin
         .take()
         .unwrap()
         .write_all(session.as_bytes())
         .unwrap();
+    child
+}
+
+#[test]
+fn session_json_from_stdin_carries_opus_and_receiver_reports_reach_the_stats() {
+    let pulse = Pulse::start("rtp-audio");
+    let _tone = pulse.tone(440, "toneA", "speakers");
+    let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let port = rx.local_addr().unwrap().port();
+    let session = format!(
+        r#"{{"rtp":{{"ip":"127.0.0.1","port":{port}}},"video":{{"payload_type":96,"ssrc":1111}},"audio":{{"payload_type":100,"ssrc":2222}}}}"#
+    );
+    let mut child = publish_session(
+        &pulse,
+        &session,
+        &["--size", "320x240", "--duration", "5", "--stats", "json"],
+    );
     let mut audio_ts = Vec::new();
     let mut buf = [0u8; 2048];
     let t0 = Instant::now();
@@ -339,29 +349,11 @@ fn publish_into_mediasoup_plain_transport() {
     });
     let pulse = Pulse::start("rtp-mediasoup");
     let _tone = pulse.tone(440, "toneA", "speakers");
-    let mut cmd = castline();
-    pulse.env(&mut cmd);
-    cmd.args([
-        "publish",
-        "--session",
-        "-",
-        "--source",
-        "testsrc",
-        "--size",
-        "640x360",
-    ])
-    .args(["--keyint", "30", "--audio", "system", "--duration", "13"])
-    .stdin(std::process::Stdio::piped());
-    let mut castline = spawn_castline(&mut cmd);
-    {
-        use std::io::Write;
-        castline
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(session.to_string().as_bytes())
-            .unwrap();
-    }
+    let castline = publish_session(
+        &pulse,
+        &session.to_string(),
+        &["--size", "640x360", "--keyint", "30", "--duration", "13"],
+    );
     let mut events = Vec::new();
     for line in lines.map_while(Result::ok) {
         eprintln!("mediasoup: {line}");

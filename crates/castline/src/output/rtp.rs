@@ -321,6 +321,13 @@ impl RtpOutput {
         }
     }
 
+    fn port_closed(&self) -> OutputError {
+        OutputError::Lost {
+            url: self.url(),
+            reason: "the receiver's port is closed (ICMP port unreachable)".into(),
+        }
+    }
+
     /// What RTCP reported so far, shared with the stats.
     pub fn report(&self) -> Arc<std::sync::Mutex<RtcpReport>> {
         self.shared.clone()
@@ -367,10 +374,7 @@ impl RtpOutput {
                 Ok(n) => self.handle_rtcp(&buf[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    return Err(OutputError::Lost {
-                        url: self.url(),
-                        reason: "the receiver's port is closed (ICMP port unreachable)".into(),
-                    })
+                    return Err(self.port_closed())
                 }
                 Err(_) => return Ok(()),
             }
