@@ -177,6 +177,103 @@ fn h264_over_rtp_decodes_and_answers_pli_nack_and_ignores_garbage() {
     assert!(errors.is_empty(), "{errors}");
 }
 
+/// A UDP port that is free together with the next one (ffmpeg's SDP demuxer binds RTCP there).
+fn free_udp_pair() -> u16 {
+    loop {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = a.local_addr().unwrap().port();
+        if port.is_multiple_of(2) && UdpSocket::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// ffmpeg's SDP demuxer, a receiver castline shares no code with: it reads the H.264 RTP
+/// stream, takes the RTCP sender reports on the same port, and ends its input on castline's
+/// closing RTCP BYE, so the file it writes is finalized and holds every frame.
+#[test]
+fn ffmpeg_reads_the_stream_through_an_sdp_file_and_ends_on_bye() {
+    let dir = tmpdir("rtp-sdp");
+    let port = free_udp_pair();
+    let sdp = dir.join("castline.sdp");
+    std::fs::write(
+        &sdp,
+        format!(
+            "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=castline\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=video {port} RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n\
+             a=fmtp:96 packetization-mode=1\r\na=rtcp-mux\r\n"
+        ),
+    )
+    .unwrap();
+    let file = dir.join("rx.mkv");
+    let mut ffmpeg = Proc(
+        std::process::Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error"])
+            .args([
+                "-protocol_whitelist",
+                "file,udp,rtp",
+                "-buffer_size",
+                "4000000",
+            ])
+            .arg("-i")
+            .arg(&sdp)
+            .args(["-c", "copy", "-y"])
+            .arg(&file)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Publish only once ffmpeg holds the port (else castline's start check gets a refusal).
+    let t0 = Instant::now();
+    while UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "ffmpeg never bound {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = run(castline().args([
+        "publish",
+        &format!("rtp://127.0.0.1:{port}?video_pt=96&video_ssrc=1111"),
+        "--source",
+        "testsrc",
+        "--size",
+        "320x240",
+        "--keyint",
+        "2",
+        "--audio",
+        "none",
+        "--duration",
+        "5",
+    ]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    // No signal: the BYE alone ends ffmpeg's input.
+    wait_proc(&mut ffmpeg, Duration::from_secs(15));
+    let status = ffmpeg.0.try_wait().unwrap();
+    let mut log = String::new();
+    if let Some(mut e) = ffmpeg.0.stderr.take() {
+        use std::io::Read;
+        if status.is_some() {
+            let _ = e.read_to_string(&mut log);
+        }
+    }
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "ffmpeg did not end on the BYE: {status:?} {log}"
+    );
+    let p = probe(&file);
+    assert_eq!((p.codec.as_str(), p.width, p.height), ("h264", 320, 240));
+    assert!(
+        (147..=150).contains(&p.frames),
+        "{} of 150 frames",
+        p.frames
+    );
+    assert!((4.8..=5.2).contains(&p.duration), "duration {}", p.duration);
+    let (_, errors) = decode(&file, "gray");
+    assert!(errors.is_empty(), "{errors}");
+}
+
 /// `castline publish --session -` with system audio from `pulse`, the JSON written to its stdin.
 fn publish_session(pulse: &Pulse, session: &str, args: &[&str]) -> std::process::Child {
     use std::io::Write;
@@ -204,7 +301,7 @@ fn publish_session(pulse: &Pulse, session: &str, args: &[&str]) -> std::process:
 }
 
 #[test]
-fn session_json_from_stdin_carries_opus_and_receiver_reports_reach_the_stats() {
+fn session_json_from_stdin_carries_opus_with_sender_reports_and_receiver_reports_reach_the_stats() {
     let pulse = Pulse::start("rtp-audio");
     let _tone = pulse.tone(440, "toneA", "speakers");
     let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -220,6 +317,10 @@ fn session_json_from_stdin_carries_opus_and_receiver_reports_reach_the_stats() {
         &["--size", "320x240", "--duration", "5", "--stats", "json"],
     );
     let mut audio_ts = Vec::new();
+    // Per SSRC: RTP packets so far and the last one's timestamp.
+    let mut sent: std::collections::HashMap<u32, (u32, u32)> = Default::default();
+    let mut srs = Vec::new();
+    let mut byes = Vec::new();
     let mut buf = [0u8; 2048];
     let t0 = Instant::now();
     let mut reported = false;
@@ -230,10 +331,26 @@ fn session_json_from_stdin_carries_opus_and_receiver_reports_reach_the_stats() {
             }
             continue;
         };
-        let Ok(p) = rtp_types::RtpPacket::parse(&buf[..n]) else {
+        if (200..=206).contains(&buf[1]) {
+            for packet in rtcp_types::Compound::parse(&buf[..n]).unwrap() {
+                match packet.unwrap() {
+                    rtcp_types::Packet::Sr(sr) => srs.push((
+                        sr.ssrc(),
+                        sr.ntp_timestamp(),
+                        sr.rtp_timestamp(),
+                        sr.packet_count(),
+                        sent.get(&sr.ssrc()).copied(),
+                    )),
+                    rtcp_types::Packet::Bye(bye) => byes.extend(bye.ssrcs()),
+                    other => panic!("unexpected RTCP {other:?}"),
+                }
+            }
             continue;
-        };
-        if p.ssrc() == 2222 && !(200..=206).contains(&buf[1]) {
+        }
+        let p = rtp_types::RtpPacket::parse(&buf[..n]).unwrap();
+        let e = sent.entry(p.ssrc()).or_default();
+        *e = (e.0 + 1, p.timestamp());
+        if p.ssrc() == 2222 {
             assert_eq!(p.payload_type(), 100);
             audio_ts.push(p.timestamp());
         }
@@ -258,6 +375,37 @@ fn session_json_from_stdin_carries_opus_and_receiver_reports_reach_the_stats() {
     for w in audio_ts.windows(2) {
         assert_eq!(w[1].wrapping_sub(w[0]), 960);
     }
+    // Sender reports: video and audio in one compound with the same NTP time, packet counts
+    // matching what arrived, and each RTP timestamp mapping the last packet's capture time to
+    // shortly before the report (what a receiver needs to line audio up with video).
+    let video_srs: Vec<_> = srs.iter().filter(|s| s.0 == 1111).collect();
+    let audio_srs: Vec<_> = srs.iter().filter(|s| s.0 == 2222).collect();
+    assert!(video_srs.len() >= 4, "{srs:?}");
+    assert_eq!(video_srs.len(), audio_srs.len(), "{srs:?}");
+    for (v, a) in video_srs.iter().zip(&audio_srs) {
+        assert_eq!(v.1, a.1, "one NTP time per compound");
+        for (sr, rate) in [(v, 90_000.0), (a, 48_000.0)] {
+            let Some((count, last_ts)) = sr.4 else {
+                continue;
+            };
+            assert_eq!(sr.3, count, "packet count in {sr:?}");
+            let lag = sr.2.wrapping_sub(last_ts) as i32 as f64 / rate;
+            assert!(
+                (-0.01..0.4).contains(&lag),
+                "last packet {lag} s before {sr:?}"
+            );
+        }
+    }
+    for w in video_srs.windows(2) {
+        let ntp_step = (w[1].1 - w[0].1) as f64 / 2f64.powi(32);
+        let rtp_step = w[1].2.wrapping_sub(w[0].2) as f64 / 90_000.0;
+        assert!(
+            (ntp_step - rtp_step).abs() < 0.002,
+            "{ntp_step} vs {rtp_step}"
+        );
+    }
+    byes.sort();
+    assert_eq!(byes, [1111, 2222], "BYE for both streams on exit");
     let stats = json_stats(&err);
     let rtcp = stats
         .iter()

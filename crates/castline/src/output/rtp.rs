@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rtcp_types::{Compound, Fir, Nack, Packet, Pli, RtcpPacketWriter, RtcpPacketWriterExt};
+use rtcp_types::{Bye, Compound, Fir, Nack, Packet, Pli, RtcpPacketWriter, RtcpPacketWriterExt};
 
 use super::{Output, OutputSummary, Written};
 use crate::encode::{EncodedPacket, MediaInfo, MediaKind};
@@ -337,10 +337,7 @@ impl RtpOutput {
         match self.socket.send(datagram) {
             Ok(_) => Ok(()),
             // The receiver went away (ICMP port unreachable on a previous datagram).
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Err(OutputError::Lost {
-                url: self.url(),
-                reason: "the receiver's port is closed (ICMP port unreachable)".into(),
-            }),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Err(self.port_closed()),
             // A full socket buffer loses the datagram; NACK and keyframes recover.
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
             Err(e) => Err(self.unreachable(e)),
@@ -348,22 +345,37 @@ impl RtpOutput {
     }
 
     fn send_sender_reports(&mut self) -> Result<(), OutputError> {
-        let now_us = self.clock.now_us();
-        let ntp = ntp_of_unix_us(self.clock.wall_us(now_us));
-        let mut datagram = Vec::new();
-        for s in std::iter::once(&self.video).chain(self.audio.as_ref()) {
-            let sr = rtcp_types::SenderReport::builder(s.ssrc)
-                .ntp_timestamp(ntp)
-                .rtp_timestamp(s.rtp_ts(now_us))
-                .packet_count(s.packets)
-                .octet_count(s.octets);
-            let mut buf = vec![0u8; sr.calculate_size().unwrap_or(28)];
-            if let Ok(n) = sr.write_into(&mut buf) {
-                datagram.extend_from_slice(&buf[..n]);
-            }
-        }
+        let datagram = self.sender_reports(false);
         self.last_sr = Some(Instant::now());
         self.send(&datagram)
+    }
+
+    /// One compound RTCP packet: a sender report per stream (NTP time of now on the capture
+    /// clock and the RTP timestamp of the same instant), then a BYE for all of them if `bye`.
+    fn sender_reports(&self, bye: bool) -> Vec<u8> {
+        let now_us = self.clock.now_us();
+        let ntp = ntp_of_unix_us(self.clock.wall_us(now_us));
+        let streams = || std::iter::once(&self.video).chain(self.audio.as_ref());
+        let mut compound = Compound::builder();
+        for s in streams() {
+            compound = compound.add_packet(
+                rtcp_types::SenderReport::builder(s.ssrc)
+                    .ntp_timestamp(ntp)
+                    .rtp_timestamp(s.rtp_ts(now_us))
+                    .packet_count(s.packets)
+                    .octet_count(s.octets),
+            );
+        }
+        if bye {
+            let sources = streams().fold(Bye::builder(), |b, s| b.add_source(s.ssrc));
+            compound = compound.add_packet(sources);
+        }
+        let mut buf = vec![0u8; compound.calculate_size().unwrap_or(0)];
+        match compound.write_into(&mut buf) {
+            Ok(n) => buf.truncate(n),
+            Err(_) => buf.clear(),
+        }
+        buf
     }
 
     /// Read every RTCP datagram waiting on the socket.
@@ -536,6 +548,10 @@ impl Output for RtpOutput {
     }
 
     fn finish(self: Box<Self>, _clean: bool) -> Result<OutputSummary, OutputError> {
+        // RFC 3550 §6.3.7: say goodbye, so receivers end the stream now instead of timing out
+        // (ffmpeg's RTP demuxer ends its input on it). Best effort: the receiver may be gone.
+        let _ = self.socket.send(&self.sender_reports(true));
+        tracing::debug!(output = %self.url(), "rtcp_bye_sent");
         Ok(OutputSummary {
             name: self.url(),
             bytes: self.bytes,
