@@ -78,6 +78,10 @@ enum Command {
         /// Bearer token for the WHIP endpoint (never printed).
         #[arg(long, env = "CASTLINE_WHIP_BEARER", hide_env_values = true)]
         bearer: Option<String>,
+        /// Plain RTP: largest datagram in bytes, RTP header included (256–9000; default 1200,
+        /// or the target's mtu= / rtp.mtu).
+        #[arg(long, value_name = "BYTES")]
+        mtu: Option<usize>,
         #[command(flatten)]
         pipeline: PipelineArgs,
     },
@@ -437,8 +441,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
             url,
             session,
             bearer,
+            mtu,
             pipeline,
         } => {
+            let with_mtu = |t: castline::output::rtp::RtpTarget| match mtu {
+                Some(m) => t.with_mtu(m).map_err(|e| usage(e.to_string())),
+                None => Ok(t),
+            };
             if let Some(src) = session {
                 let text = if src == "-" {
                     let mut t = String::new();
@@ -451,15 +460,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 };
                 let target = castline::output::rtp::RtpTarget::parse_json(&text)
                     .map_err(|e| usage(e.to_string()))?;
-                return run_pipeline(OutputSpec::Rtp(target), pipeline);
+                return run_pipeline(OutputSpec::Rtp(with_mtu(target)?), pipeline);
             }
             let url = url.unwrap_or_default();
             let lower = url.to_ascii_lowercase();
             if lower.starts_with("rtp://") {
-                let primary = url
-                    .parse::<OutputSpec>()
+                let target = castline::output::rtp::RtpTarget::parse_url(&url)
                     .map_err(|e| usage(e.to_string()))?;
-                return run_pipeline(primary, pipeline);
+                return run_pipeline(OutputSpec::Rtp(with_mtu(target)?), pipeline);
+            }
+            if mtu.is_some() {
+                return Err(usage("--mtu applies to plain RTP targets only".into()));
             }
             let whip = lower.starts_with("http://")
                 || lower.starts_with("https://")

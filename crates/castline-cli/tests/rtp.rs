@@ -86,7 +86,7 @@ fn h264_over_rtp_decodes_and_answers_pli_nack_and_ignores_garbage() {
     let port = rx.local_addr().unwrap().port();
     let mut child = Proc(spawn_castline(castline().args([
         "publish",
-        &format!("rtp://127.0.0.1:{port}?video_pt=96&video_ssrc=1111"),
+        &format!("rtp://127.0.0.1:{port}?video_pt=96&video_ssrc=1111&mtu=600"),
         "--source",
         "testsrc",
         "--size",
@@ -154,7 +154,9 @@ fn h264_over_rtp_decodes_and_answers_pli_nack_and_ignores_garbage() {
         let d = w[1].ts.wrapping_sub(w[0].ts);
         assert!((2900..=3100).contains(&d), "timestamp step {d}");
     }
-    assert!(packets.iter().all(|p| p.payload.len() + 12 <= 1200));
+    // The URL's mtu=600 bounds every datagram; keyframes needed FU-A fragments for it.
+    assert!(packets.iter().all(|p| p.payload.len() + 12 <= 600));
+    assert!(packets.iter().any(|p| p.payload[0] & 0x1f == 28));
     // The PLI got an IDR within 200 ms (keyint is 10 s, so no scheduled one).
     let pli = pli_at.expect("PLI sent");
     let idr = packets
@@ -246,6 +248,8 @@ fn ffmpeg_reads_the_stream_through_an_sdp_file_and_ends_on_bye() {
         "none",
         "--duration",
         "5",
+        "--mtu",
+        "900",
     ]));
     assert!(out.status.success(), "{}", stderr(&out));
     // No signal: the BYE alone ends ffmpeg's input.
@@ -347,6 +351,8 @@ fn session_json_from_stdin_carries_opus_with_sender_reports_and_receiver_reports
             }
             continue;
         }
+        // The default MTU bounds every datagram.
+        assert!(n <= 1200, "{n}-byte datagram");
         let p = rtp_types::RtpPacket::parse(&buf[..n]).unwrap();
         let e = sent.entry(p.ssrc()).or_default();
         *e = (e.0 + 1, p.timestamp());
@@ -446,6 +452,23 @@ fn closed_port_and_malformed_targets_are_clear_errors() {
     ] {
         let out = run(castline().args(["publish", bad, "--audio", "none"]));
         assert_eq!(out.status.code(), Some(2), "{bad}");
+    }
+    for args in [
+        &[
+            "publish",
+            "rtp://127.0.0.1:5004?video_pt=96&video_ssrc=1&mtu=100",
+        ][..],
+        &[
+            "publish",
+            "rtp://127.0.0.1:5004?video_pt=96&video_ssrc=1",
+            "--mtu",
+            "10000",
+        ],
+        &["publish", "http://127.0.0.1:5004/whip", "--mtu", "1000"],
+    ] {
+        let out = run(castline().args(args).args(["--audio", "none"]));
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&out).contains("mtu"), "{}", stderr(&out));
     }
     let dir = tmpdir("rtp-bad-json");
     let f = dir.join("s.json");

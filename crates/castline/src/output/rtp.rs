@@ -27,6 +27,25 @@ pub struct RtpTarget {
     pub video_pt: u8,
     pub video_ssrc: u32,
     pub audio: Option<(u8, u32)>,
+    /// Largest datagram, RTP header included.
+    pub mtu: usize,
+}
+
+/// Datagram size limits: below 256 the parameter sets may not fit one packet; above 9000 no
+/// link carries it unfragmented.
+pub const MTU_RANGE: std::ops::RangeInclusive<usize> = 256..=9000;
+pub const DEFAULT_MTU: usize = 1200;
+
+fn mtu(v: &str, what: &str) -> Result<usize, OutputError> {
+    v.parse::<usize>()
+        .ok()
+        .filter(|m| MTU_RANGE.contains(m))
+        .ok_or_else(|| {
+            invalid(
+                what,
+                format!("mtu must be {}–{}", MTU_RANGE.start(), MTU_RANGE.end()),
+            )
+        })
 }
 
 fn invalid(url: &str, reason: impl Into<String>) -> OutputError {
@@ -49,7 +68,7 @@ fn ssrc(v: &str, url: &str, name: &str) -> Result<u32, OutputError> {
 }
 
 impl RtpTarget {
-    /// `rtp://IP:PORT?video_pt=102&video_ssrc=1111[&audio_pt=100&audio_ssrc=2222]`
+    /// `rtp://IP:PORT?video_pt=102&video_ssrc=1111[&audio_pt=100&audio_ssrc=2222][&mtu=1200]`
     pub fn parse_url(url: &str) -> Result<Self, OutputError> {
         let rest = url
             .strip_prefix("rtp://")
@@ -66,6 +85,7 @@ impl RtpTarget {
         let mut video_ssrc = None;
         let mut audio_pt = None;
         let mut audio_ssrc = None;
+        let mut size = DEFAULT_MTU;
         for kv in query.split('&').filter(|s| !s.is_empty()) {
             let (k, v) = kv
                 .split_once('=')
@@ -75,14 +95,19 @@ impl RtpTarget {
                 "video_ssrc" => video_ssrc = Some(ssrc(v, url, k)?),
                 "audio_pt" => audio_pt = Some(pt(v, url, k)?),
                 "audio_ssrc" => audio_ssrc = Some(ssrc(v, url, k)?),
+                "mtu" => size = mtu(v, url)?,
                 _ => return Err(invalid(url, format!("unknown parameter '{k}'"))),
             }
         }
-        Self::assemble(url, addr, video_pt, video_ssrc, audio_pt, audio_ssrc)
+        let target = Self::assemble(url, addr, video_pt, video_ssrc, audio_pt, audio_ssrc)?;
+        Ok(Self {
+            mtu: size,
+            ..target
+        })
     }
 
     /// The JSON a server's "create native sender session" reply has:
-    /// `{"rtp":{"ip":…,"port":…},"video":{"payload_type":…,"ssrc":…},"audio":{…}}`.
+    /// `{"rtp":{"ip":…,"port":…[,"mtu":…]},"video":{"payload_type":…,"ssrc":…},"audio":{…}}`.
     pub fn parse_json(text: &str) -> Result<Self, OutputError> {
         let what = "session JSON";
         let v: serde_json::Value =
@@ -104,14 +129,28 @@ impl RtpTarget {
                     }),
                 }
             };
-        Self::assemble(
+        let size = match &v["rtp"]["mtu"] {
+            serde_json::Value::Null => DEFAULT_MTU,
+            x => mtu(&x.to_string(), what)?,
+        };
+        let target = Self::assemble(
             what,
             SocketAddr::new(ip, port),
             num(["video", "payload_type"], 127)?.map(|n| n as u8),
             num(["video", "ssrc"], u32::MAX as u64)?.map(|n| n as u32),
             num(["audio", "payload_type"], 127)?.map(|n| n as u8),
             num(["audio", "ssrc"], u32::MAX as u64)?.map(|n| n as u32),
-        )
+        )?;
+        Ok(Self {
+            mtu: size,
+            ..target
+        })
+    }
+
+    /// The same target with another datagram size limit (`--mtu`).
+    pub fn with_mtu(self, value: usize) -> Result<Self, OutputError> {
+        let size = mtu(&value.to_string(), &format!("rtp://{}", self.addr))?;
+        Ok(Self { mtu: size, ..self })
     }
 
     fn assemble(
@@ -141,15 +180,14 @@ impl RtpTarget {
             video_pt,
             video_ssrc,
             audio,
+            mtu: DEFAULT_MTU,
         })
     }
 }
 
-/// RTP settings of the plain-RTP output.
+/// RTP settings of the plain-RTP output (the datagram size is the target's).
 #[derive(Debug, Clone)]
 pub struct RtpOptions {
-    /// Largest datagram (RTP header included).
-    pub mtu: usize,
     /// PLI/FIR are answered with at most one keyframe per interval.
     pub keyframe_interval: Duration,
     /// Video packets kept for NACK retransmission.
@@ -159,7 +197,6 @@ pub struct RtpOptions {
 impl Default for RtpOptions {
     fn default() -> Self {
         Self {
-            mtu: 1200,
             keyframe_interval: Duration::from_millis(500),
             history: 1024,
         }
@@ -494,7 +531,7 @@ impl Output for RtpOutput {
         {
             self.send_sender_reports()?;
         }
-        let max_payload = self.opts.mtu.saturating_sub(12).max(64);
+        let max_payload = self.target.mtu.saturating_sub(12).max(64);
         let (stream, payloads) = match pkt.media {
             MediaKind::Video => {
                 let data = match pkt.keyframe {
@@ -704,7 +741,20 @@ mod tests {
         );
         let j = RtpTarget::parse_json(r#"{"rtp":{"ip":"127.0.0.1","port":5004},"video":{"payload_type":102,"ssrc":1111},"audio":{"payload_type":100,"ssrc":2222}}"#).unwrap();
         assert_eq!(j, t);
+        assert_eq!(t.mtu, DEFAULT_MTU);
+        let m = RtpTarget::parse_url("rtp://[::1]:5004?video_pt=96&video_ssrc=1&mtu=500").unwrap();
+        assert_eq!((m.mtu, m.audio), (500, None));
+        let j = RtpTarget::parse_json(
+            r#"{"rtp":{"ip":"::1","port":5004,"mtu":500},"video":{"payload_type":96,"ssrc":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(j, m);
+        assert_eq!(j.clone().with_mtu(9000).unwrap().mtu, 9000);
+        assert!(j.with_mtu(100).is_err());
         for bad in [
+            "rtp://127.0.0.1:5004?video_pt=96&video_ssrc=1&mtu=255",
+            "rtp://127.0.0.1:5004?video_pt=96&video_ssrc=1&mtu=9001",
+            "rtp://127.0.0.1:5004?video_pt=96&video_ssrc=1&mtu=big",
             "rtp://127.0.0.1:5004",
             "rtp://host.example:5004?video_pt=1&video_ssrc=1",
             "rtp://127.0.0.1:0?video_pt=1&video_ssrc=1",
@@ -722,6 +772,8 @@ mod tests {
             "[]",
             r#"{"rtp":{"ip":"x","port":1}}"#,
             r#"{"rtp":{"ip":"127.0.0.1","port":70000},"video":{"payload_type":1,"ssrc":1}}"#,
+            r#"{"rtp":{"ip":"127.0.0.1","port":1,"mtu":"1200"},"video":{"payload_type":1,"ssrc":1}}"#,
+            r#"{"rtp":{"ip":"127.0.0.1","port":1,"mtu":20},"video":{"payload_type":1,"ssrc":1}}"#,
         ] {
             assert!(RtpTarget::parse_json(bad).is_err(), "{bad}");
         }
