@@ -344,6 +344,7 @@ fn session_json_from_stdin_carries_opus_with_sender_reports_and_receiver_reports
                         sr.rtp_timestamp(),
                         sr.packet_count(),
                         sent.get(&sr.ssrc()).copied(),
+                        Instant::now(),
                     )),
                     rtcp_types::Packet::Bye(bye) => byes.extend(bye.ssrcs()),
                     other => panic!("unexpected RTCP {other:?}"),
@@ -360,12 +361,20 @@ fn session_json_from_stdin_carries_opus_with_sender_reports_and_receiver_reports
             assert_eq!(p.payload_type(), 100);
             audio_ts.push(p.timestamp());
         }
-        if !reported && t0.elapsed() > Duration::from_secs(2) {
-            // A receiver report: 25 % lost, jitter 900 (10 ms at 90 kHz).
+        let last_sr = srs.iter().rev().find(|s| s.0 == 1111).map(|s| (s.1, s.5));
+        let held = last_sr.map(|(_, at)| at.elapsed());
+        if !reported && t0.elapsed() > Duration::from_secs(2) && held > Some(ms(400)) {
+            // A receiver report: 25 % lost, jitter 900 (10 ms at 90 kHz), and an SR echo whose
+            // delay since that SR is 50 ms short of how long we held it: as if the network
+            // took 50 ms for the round trip.
+            let (ntp, _) = last_sr.unwrap();
+            let dlsr = (held.unwrap() - ms(50)).as_secs_f64() * 65536.0;
             let rr = rtcp_types::ReceiverReport::builder(7).add_report_block(
                 rtcp_types::ReportBlock::builder(1111)
                     .fraction_lost(64)
-                    .interarrival_jitter(900),
+                    .interarrival_jitter(900)
+                    .last_sender_report_timestamp((ntp >> 16) as u32)
+                    .delay_since_last_sender_report_timestamp(dlsr as u32),
             );
             let mut out = vec![0u8; 64];
             let n = rr.write_into(&mut out).unwrap();
@@ -423,6 +432,14 @@ fn session_json_from_stdin_carries_opus_with_sender_reports_and_receiver_reports
         (rtcp["jitter_ms"].as_f64().unwrap() - 10.0).abs() < 0.01,
         "{rtcp:?}"
     );
+    // RTT = now − LSR − DLSR: the 50 ms we claimed, plus up to a packet interval until castline
+    // reads it (without the DLSR it would be the ≥ 400 ms we held the SR).
+    let rtt = rtcp["rtt_ms"].as_f64().unwrap();
+    assert!((45.0..=200.0).contains(&rtt), "rtt {rtt} ms");
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
 }
 
 #[test]
