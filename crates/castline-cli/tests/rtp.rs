@@ -179,6 +179,154 @@ fn h264_over_rtp_decodes_and_answers_pli_nack_and_ignores_garbage() {
     assert!(errors.is_empty(), "{errors}");
 }
 
+/// The receiver's port closes mid-stream (ICMP port unreachable) and opens again: castline
+/// pauses, probes with sender reports on the reconnect backoff, and resumes at a keyframe.
+#[test]
+fn receiver_restart_on_the_same_port_resumes_at_a_keyframe() {
+    let mut rx = Some(UdpSocket::bind("127.0.0.1:0").unwrap());
+    let port = rx.as_ref().unwrap().local_addr().unwrap().port();
+    let child = spawn_castline(castline().args([
+        "publish",
+        &format!("rtp://127.0.0.1:{port}?video_pt=96&video_ssrc=1111"),
+        "--source",
+        "testsrc",
+        "--size",
+        "320x240",
+        "--keyint",
+        "30",
+        "--audio",
+        "none",
+        "--duration",
+        "9",
+        "--stats",
+        "json",
+        "--reconnect-delay",
+        "0.5",
+    ]));
+    let mut buf = [0u8; 2048];
+    let t0 = Instant::now();
+    let (mut before, mut after) = (Vec::new(), Vec::new());
+    let mut reopened_at = None;
+    while t0.elapsed() < Duration::from_secs(11) {
+        let elapsed = t0.elapsed();
+        if rx.is_some() && reopened_at.is_none() && elapsed > Duration::from_secs(2) {
+            rx = None; // closed: castline's next datagrams draw ICMP port unreachable
+        }
+        if rx.is_none() && elapsed > Duration::from_secs(4) {
+            let s = UdpSocket::bind(("127.0.0.1", port)).expect("rebind the receiver port");
+            s.set_read_timeout(Some(ms(100))).unwrap();
+            rx = Some(s);
+            reopened_at = Some(Instant::now());
+        }
+        let Some(sock) = &rx else {
+            std::thread::sleep(ms(20));
+            continue;
+        };
+        sock.set_read_timeout(Some(ms(100))).unwrap();
+        let Ok(n) = sock.recv(&mut buf) else {
+            if elapsed > Duration::from_secs(10) {
+                break;
+            }
+            continue;
+        };
+        if let Some(p) = parse(&buf[..n]) {
+            match reopened_at {
+                None => before.push(p),
+                Some(_) => after.push(p),
+            }
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(before.len() > 30, "{} packets before", before.len());
+    let reopened = reopened_at.expect("receiver reopened");
+    let first = after
+        .first()
+        .expect("no packets after the receiver came back");
+    assert!(
+        first.at.duration_since(reopened) < Duration::from_secs(3),
+        "resumed {:?} after the port reopened",
+        first.at.duration_since(reopened)
+    );
+    // Resumed at a keyframe (SPS/PPS STAP-A, then the IDR of the same picture), although the
+    // keyframe interval is 30 s.
+    assert_eq!(
+        first.payload[0] & 0x1f,
+        24,
+        "first packet is not the parameter sets"
+    );
+    assert!(after
+        .iter()
+        .take_while(|p| p.ts == first.ts)
+        .any(|p| starts_idr(&p.payload)));
+    let seconds_after = after.iter().filter(|p| p.marker).count();
+    assert!(
+        seconds_after > 60,
+        "{seconds_after} frames after the restart"
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.contains("reconnecting") && l.contains("connection_lost")),
+        "{err}"
+    );
+    assert!(err.contains("reconnected"), "{err}");
+    let stats = json_stats(&err);
+    assert!(
+        stats
+            .iter()
+            .any(|s| s["outputs"][0]["state"] == "reconnecting"),
+        "no stats line while reconnecting"
+    );
+    assert_eq!(stats.last().unwrap()["outputs"][0]["reconnects"], 1);
+    // The frames that arrived after the restart decode on their own.
+    let dir = tmpdir("rtp-restart");
+    let file = dir.join("after.h264");
+    std::fs::write(&file, depayload(&after)).unwrap();
+    let (_, errors) = decode(&file, "gray");
+    assert!(errors.is_empty(), "{errors}");
+}
+
+/// A receiver that never comes back: castline gives up after the configured tries, exit 1.
+#[test]
+fn receiver_gone_for_good_gives_up_after_the_tries() {
+    let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = rx.local_addr().unwrap().port();
+    let mut cmd = castline();
+    cmd.args([
+        "publish",
+        &format!("rtp://127.0.0.1:{port}?video_pt=96&video_ssrc=1111"),
+        "--source",
+        "testsrc",
+        "--audio",
+        "none",
+        "--duration",
+        "20",
+        "--reconnect-delay",
+        "0.2",
+        "--reconnect-multiplier",
+        "1",
+        "--reconnect-tries",
+        "3",
+    ]);
+    let child = spawn_castline(&mut cmd);
+    std::thread::sleep(Duration::from_secs(2));
+    drop(rx);
+    let t0 = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        err.contains("gave up on") && err.contains("after 3 reconnection attempts"),
+        "{err}"
+    );
+}
+
 /// A UDP port that is free together with the next one (ffmpeg's SDP demuxer binds RTCP there).
 fn free_udp_pair() -> u16 {
     loop {

@@ -193,7 +193,10 @@ pub fn open_output(
             info,
             clock,
             keyframe,
-            rtp::RtpOptions::default(),
+            rtp::RtpOptions {
+                reconnect: rtmp.clone(),
+                ..Default::default()
+            },
         )?)),
         OutputSpec::Whip { url, bearer } => Ok(Box::new(whip::WhipOutput::connect(
             url,

@@ -64,6 +64,16 @@ impl Default for RtmpOptions {
     }
 }
 
+impl RtmpOptions {
+    /// Wait before reconnection attempt `attempt` (0-based): the first delay, times the
+    /// multiplier per earlier attempt, capped.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let secs =
+            self.reconnect_delay.as_secs_f64() * self.reconnect_multiplier.powi(attempt as i32);
+        Duration::from_secs_f64(secs.min(self.reconnect_max_delay.as_secs_f64()))
+    }
+}
+
 /// A parsed rtmp:// or rtmps:// URL.
 #[derive(Debug, Clone)]
 pub struct RtmpTarget {
@@ -327,14 +337,8 @@ impl RtmpOutput {
         }
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
-        let secs = self.opts.reconnect_delay.as_secs_f64()
-            * self.opts.reconnect_multiplier.powi(attempt as i32);
-        Duration::from_secs_f64(secs.min(self.opts.reconnect_max_delay.as_secs_f64()))
-    }
-
     fn go_down(&mut self, err: OutputError) {
-        let delay = self.backoff(0);
+        let delay = self.opts.backoff(0);
         tracing::warn!(
             output = %self.target.redacted,
             kind = err.kind(),
@@ -385,7 +389,7 @@ impl RtmpOutput {
                     || matches!(e, OutputError::Rejected { .. }))
                     && attempt < self.opts.reconnect_tries =>
             {
-                let delay = self.backoff(attempt);
+                let delay = self.opts.backoff(attempt);
                 tracing::warn!(
                     output = %self.target.redacted,
                     kind = e.kind(),

@@ -14,11 +14,21 @@ use std::time::{Duration, Instant};
 
 use rtcp_types::{Bye, Compound, Fir, Nack, Packet, Pli, RtcpPacketWriter, RtcpPacketWriterExt};
 
-use super::{Output, OutputSummary, Written};
+use super::rtmp::RtmpOptions;
+use super::{LinkReport, Output, OutputSummary, Written};
 use crate::encode::{EncodedPacket, MediaInfo, MediaKind};
-use crate::error::OutputError;
+use crate::error::{ErrorReport, OutputError};
 use crate::pipeline::clock::MediaClock;
 use crate::webrtc::{nal_units, with_parameter_sets};
+
+/// Errors of a connected UDP socket that mean nobody receives at the target (for now).
+fn receiver_gone(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionRefused | HostUnreachable | NetworkUnreachable
+    )
+}
 
 /// Where to send and how to label the streams.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,6 +202,9 @@ pub struct RtpOptions {
     pub keyframe_interval: Duration,
     /// Video packets kept for NACK retransmission.
     pub history: usize,
+    /// Backoff while the receiver is unreachable (the `--reconnect-*` settings RTMP and WHIP
+    /// use too).
+    pub reconnect: RtmpOptions,
 }
 
 impl Default for RtpOptions {
@@ -199,6 +212,7 @@ impl Default for RtpOptions {
         Self {
             keyframe_interval: Duration::from_millis(500),
             history: 1024,
+            reconnect: RtmpOptions::default(),
         }
     }
 }
@@ -267,7 +281,25 @@ pub struct RtpOutput {
     shared: Arc<std::sync::Mutex<RtcpReport>>,
     bytes: u64,
     packets: u64,
+    down: Option<Down>,
+    reconnects: u32,
+    last_error: Option<OutputError>,
+    /// After the receiver came back, video resumes at a keyframe.
+    waiting_for_keyframe: bool,
 }
+
+/// The receiver stopped listening (ICMP unreachable): media is paused, and a sender report
+/// probes the target on the reconnect backoff until one draws no ICMP error.
+struct Down {
+    /// Failed probes so far.
+    attempt: u32,
+    since: Instant,
+    next_probe: Instant,
+    probed_at: Option<Instant>,
+}
+
+/// A probe that draws no ICMP error within this long means the receiver is back.
+const PROBE_WAIT: Duration = Duration::from_millis(300);
 
 /// NTP time (RFC 3550: seconds since 1900 in 32.32 fixed point) of a UNIX time in µs.
 fn ntp_of_unix_us(us: u64) -> u64 {
@@ -326,6 +358,10 @@ impl RtpOutput {
             shared: Arc::new(std::sync::Mutex::new(RtcpReport::default())),
             bytes: 0,
             packets: 0,
+            down: None,
+            reconnects: 0,
+            last_error: None,
+            waiting_for_keyframe: false,
         };
         me.send_sender_reports()?;
         // An ICMP error comes back within a round trip on a local network.
@@ -358,11 +394,161 @@ impl RtpOutput {
         }
     }
 
-    fn port_closed(&self) -> OutputError {
+    fn receiver_gone(&self, e: std::io::Error) -> OutputError {
+        let reason = match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => {
+                "the receiver's port is closed (ICMP port unreachable)".to_string()
+            }
+            _ => format!("the receiver is unreachable ({e})"),
+        };
         OutputError::Lost {
             url: self.url(),
-            reason: "the receiver's port is closed (ICMP port unreachable)".into(),
+            reason,
         }
+    }
+
+    /// The receiver is gone (or a probe found it still gone): pause and schedule a probe, or
+    /// give up after the configured tries.
+    fn go_down(&mut self, err: OutputError) -> Result<(), OutputError> {
+        let now = Instant::now();
+        let (attempt, since) = match &self.down {
+            None => (0, now),
+            // An error from media sent before the pause, not an answer to a probe.
+            Some(d) if d.probed_at.is_none() => return Ok(()),
+            Some(d) => (d.attempt + 1, d.since),
+        };
+        let tries = self.opts.reconnect.reconnect_tries;
+        if tries == 0 {
+            return Err(err);
+        }
+        if attempt >= tries {
+            tracing::error!(output = %self.url(), kind = err.kind(), reason = %err, attempts = attempt, "gave_up");
+            return Err(OutputError::GaveUp {
+                url: self.url(),
+                attempts: attempt,
+                last: err.to_string(),
+            });
+        }
+        let delay = self.opts.reconnect.backoff(attempt);
+        tracing::warn!(
+            output = %self.url(),
+            kind = err.kind(),
+            reason = %err,
+            attempt = attempt + 1,
+            delay_s = delay.as_secs_f64(),
+            "reconnecting"
+        );
+        self.last_error = Some(err);
+        self.down = Some(Down {
+            attempt,
+            since,
+            next_probe: now + delay,
+            probed_at: None,
+        });
+        Ok(())
+    }
+
+    /// While down: send the next probe when due; Ok(true) once a probe drew no error.
+    fn probe(&mut self) -> Result<bool, OutputError> {
+        let Some(down) = &self.down else {
+            return Ok(true);
+        };
+        let now = Instant::now();
+        match down.probed_at {
+            Some(t) if now.duration_since(t) >= PROBE_WAIT => {
+                tracing::info!(
+                    output = %self.url(),
+                    attempt = down.attempt + 1,
+                    downtime_s = down.since.elapsed().as_secs_f64(),
+                    "reconnected"
+                );
+                self.down = None;
+                self.reconnects += 1;
+                self.waiting_for_keyframe = true;
+                Ok(true)
+            }
+            None if now >= down.next_probe => {
+                if let Some(d) = self.down.as_mut() {
+                    d.probed_at = Some(now);
+                }
+                // Only an error after this probe counts: drop one left from earlier datagrams.
+                let _ = self.socket.take_error();
+                self.send_sender_reports()?;
+                Ok(false)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Packetize and send one encoded packet (RTCP first); `Lost` when the receiver is gone.
+    fn write_media(&mut self, pkt: &EncodedPacket) -> Result<Written, OutputError> {
+        self.poll_rtcp()?;
+        if !self.probe()? {
+            return Ok(Written::Skipped {
+                want_keyframe: false,
+            });
+        }
+        if self.waiting_for_keyframe && pkt.media == MediaKind::Video {
+            if !pkt.keyframe {
+                return Ok(Written::Skipped {
+                    want_keyframe: true,
+                });
+            }
+            self.waiting_for_keyframe = false;
+        }
+        if self
+            .last_sr
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.send_sender_reports()?;
+        }
+        let max_payload = self.target.mtu.saturating_sub(12).max(64);
+        let (stream, payloads) = match pkt.media {
+            MediaKind::Video => {
+                let data = match pkt.keyframe {
+                    true => with_parameter_sets(&pkt.data, &self.extradata),
+                    false => None,
+                };
+                let au = data.as_deref().unwrap_or(&pkt.data);
+                (&mut self.video, h264_payloads(au, max_payload))
+            }
+            MediaKind::Audio => match self.audio.as_mut() {
+                Some(a) => (a, vec![pkt.data.to_vec()]),
+                None => return Ok(Written::Sent),
+            },
+        };
+        let ts = stream.rtp_ts(pkt.pts_us);
+        let n = payloads.len();
+        let mut datagrams = Vec::with_capacity(n);
+        for (i, p) in payloads.iter().enumerate() {
+            let marker = pkt.media == MediaKind::Video && i + 1 == n;
+            let rtp = rtp_types::RtpPacketBuilder::<&[u8], &[u8]>::new()
+                .payload_type(stream.pt)
+                .ssrc(stream.ssrc)
+                .sequence_number(stream.seq)
+                .timestamp(ts)
+                .marker_bit(marker)
+                .payload(p.as_slice())
+                .write_vec()
+                .map_err(|e| OutputError::Write {
+                    path: Default::default(),
+                    reason: format!("RTP packet: {e:?}"),
+                })?;
+            stream.packets = stream.packets.wrapping_add(1);
+            stream.octets = stream.octets.wrapping_add(p.len() as u32);
+            datagrams.push((stream.seq, rtp));
+            stream.seq = stream.seq.wrapping_add(1);
+        }
+        let video = pkt.media == MediaKind::Video;
+        for (seq, d) in datagrams {
+            self.send(&d)?;
+            self.bytes += d.len() as u64;
+            if video {
+                self.history.push(seq, d);
+            }
+        }
+        self.packets += 1;
+        Ok(Written::Sent)
     }
 
     /// What RTCP reported so far, shared with the stats.
@@ -374,7 +560,7 @@ impl RtpOutput {
         match self.socket.send(datagram) {
             Ok(_) => Ok(()),
             // The receiver went away (ICMP port unreachable on a previous datagram).
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Err(self.port_closed()),
+            Err(e) if receiver_gone(&e) => Err(self.receiver_gone(e)),
             // A full socket buffer loses the datagram; NACK and keyframes recover.
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
             Err(e) => Err(self.unreachable(e)),
@@ -422,9 +608,7 @@ impl RtpOutput {
             match self.socket.recv(&mut buf) {
                 Ok(n) => self.handle_rtcp(&buf[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    return Err(self.port_closed())
-                }
+                Err(e) if receiver_gone(&e) => return Err(self.receiver_gone(e)),
                 Err(_) => return Ok(()),
             }
         }
@@ -524,64 +708,28 @@ impl Output for RtpOutput {
     }
 
     fn write(&mut self, pkt: &EncodedPacket) -> Result<Written, OutputError> {
-        self.poll_rtcp()?;
-        if self
-            .last_sr
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-        {
-            self.send_sender_reports()?;
-        }
-        let max_payload = self.target.mtu.saturating_sub(12).max(64);
-        let (stream, payloads) = match pkt.media {
-            MediaKind::Video => {
-                let data = match pkt.keyframe {
-                    true => with_parameter_sets(&pkt.data, &self.extradata),
-                    false => None,
-                };
-                let au = data.as_deref().unwrap_or(&pkt.data);
-                (&mut self.video, h264_payloads(au, max_payload))
+        match self.write_media(pkt) {
+            // UDP has no connection to lose: the receiver may come back on the same port.
+            Err(e @ OutputError::Lost { .. }) => {
+                self.go_down(e)?;
+                Ok(Written::Skipped {
+                    want_keyframe: false,
+                })
             }
-            MediaKind::Audio => match self.audio.as_mut() {
-                Some(a) => (a, vec![pkt.data.to_vec()]),
-                None => return Ok(Written::Sent),
-            },
-        };
-        let ts = stream.rtp_ts(pkt.pts_us);
-        let n = payloads.len();
-        let mut datagrams = Vec::with_capacity(n);
-        for (i, p) in payloads.iter().enumerate() {
-            let marker = pkt.media == MediaKind::Video && i + 1 == n;
-            let rtp = rtp_types::RtpPacketBuilder::<&[u8], &[u8]>::new()
-                .payload_type(stream.pt)
-                .ssrc(stream.ssrc)
-                .sequence_number(stream.seq)
-                .timestamp(ts)
-                .marker_bit(marker)
-                .payload(p.as_slice())
-                .write_vec()
-                .map_err(|e| OutputError::Write {
-                    path: Default::default(),
-                    reason: format!("RTP packet: {e:?}"),
-                })?;
-            stream.packets = stream.packets.wrapping_add(1);
-            stream.octets = stream.octets.wrapping_add(p.len() as u32);
-            datagrams.push((stream.seq, rtp));
-            stream.seq = stream.seq.wrapping_add(1);
+            r => r,
         }
-        let video = pkt.media == MediaKind::Video;
-        for (seq, d) in datagrams {
-            self.send(&d)?;
-            self.bytes += d.len() as u64;
-            if video {
-                self.history.push(seq, d);
-            }
-        }
-        self.packets += 1;
-        Ok(Written::Sent)
     }
 
     fn rtcp(&self) -> Option<Arc<std::sync::Mutex<RtcpReport>>> {
         Some(self.report())
+    }
+
+    fn link(&self) -> Option<LinkReport> {
+        Some(LinkReport {
+            reconnecting: self.down.is_some(),
+            reconnects: self.reconnects,
+            last_error: self.last_error.as_ref().map(ErrorReport::from),
+        })
     }
 
     fn finish(self: Box<Self>, _clean: bool) -> Result<OutputSummary, OutputError> {

@@ -359,12 +359,7 @@ impl WhipOutput {
                         last: e.to_string(),
                     });
                 }
-                let factor = self.opts.reconnect_multiplier.powi(self.attempts as i32);
-                let delay = self
-                    .opts
-                    .reconnect_delay
-                    .mul_f64(factor)
-                    .min(self.opts.reconnect_max_delay);
+                let delay = self.opts.backoff(self.attempts);
                 self.retry_at = Some(Instant::now() + delay);
                 Ok(false)
             }
