@@ -4,7 +4,10 @@
 //! (single NAL unit, STAP-A for parameter sets, FU-A) is here. RTCP arriving on the socket is
 //! read before each packet is sent: receiver reports feed the stats, PLI/FIR request a keyframe
 //! (rate-limited), NACKs are answered from a bounded send history; sender reports go out every
-//! second with the NTP ↔ RTP mapping of the capture clock.
+//! second with the NTP ↔ RTP mapping of the capture clock, and a BYE on exit. UDP has no
+//! connection to lose: when ICMP says the receiver is gone, media pauses and sender reports probe
+//! the target on the reconnect backoff until one draws no error (then video resumes at a
+//! keyframe) or the tries run out.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
