@@ -74,7 +74,8 @@ pub struct AudioDevices {
 #[derive(Clone)]
 pub struct ShareOptions {
     /// `file:///…/out.mp4` (or a plain path), `rtmp://…`, `rtmps://…`, `whip+https://…`,
-    /// `serve://127.0.0.1:8080`.
+    /// `serve://127.0.0.1:8080`, or plain RTP:
+    /// `rtp://IP:PORT?video_pt=N&video_ssrc=N[&audio_pt=N&audio_ssrc=N][&mtu=BYTES]`.
     pub target: String,
     /// `primary` (default), `display`, `window` or `testsrc`.
     pub target_type: Option<String>,
