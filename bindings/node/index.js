@@ -63,6 +63,10 @@ class Session extends EventEmitter {
 
 let current = null;
 
+// Finalize recordings however the process ends normally (process.exit() included): the handler
+// blocks until every engine has stopped and written its file.
+process.on('exit', () => native.stopAll());
+
 async function startScreenShare(options, onError, onStopped, onStats) {
   if (current && current.isRunning()) {
     const err = new Error('a screen share is already running; stop it first or use Session');

@@ -435,6 +435,15 @@ fn stop_all_sessions() {
     }
 }
 
+/// Stop every running engine of this process and wait until its outputs are finalized.
+/// index.js calls it from `process.on('exit')`: `process.exit()` ends the process without
+/// running environment cleanup hooks, so the hook below alone would leave recordings
+/// fragmented.
+#[napi]
+pub fn stop_all() {
+    stop_all_sessions();
+}
+
 /// One engine session (index.js's `Session` wraps it in an EventEmitter).
 #[napi]
 pub struct NativeSession {
