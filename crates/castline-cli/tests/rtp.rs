@@ -78,26 +78,33 @@ fn depayload(packets: &[Rtp]) -> Vec<u8> {
     out
 }
 
+/// `castline publish rtp://127.0.0.1:PORT?video_pt=96&video_ssrc=1111[QUERY]` of testsrc
+/// without audio, plus `args`.
+fn publish_video(port: u16, query: &str, args: &[&str]) -> std::process::Command {
+    let mut cmd = castline();
+    cmd.args([
+        "publish",
+        &format!("rtp://127.0.0.1:{port}?video_pt=96&video_ssrc=1111{query}"),
+        "--source",
+        "testsrc",
+        "--audio",
+        "none",
+    ])
+    .args(args);
+    cmd
+}
+
 #[test]
 fn h264_over_rtp_decodes_and_answers_pli_nack_and_ignores_garbage() {
     let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
     rx.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
     let port = rx.local_addr().unwrap().port();
-    let mut child = Proc(spawn_castline(castline().args([
-        "publish",
-        &format!("rtp://127.0.0.1:{port}?video_pt=96&video_ssrc=1111&mtu=600"),
-        "--source",
-        "testsrc",
-        "--size",
-        "320x240",
-        "--keyint",
-        "10",
-        "--audio",
-        "none",
-        "--duration",
-        "6",
-    ])));
+    let mut child = Proc(spawn_castline(&mut publish_video(
+        port,
+        "&mtu=600",
+        &["--size", "320x240", "--keyint", "10", "--duration", "6"],
+    )));
     let mut packets: Vec<Rtp> = Vec::new();
     let mut buf = [0u8; 2048];
     let t0 = Instant::now();
@@ -185,24 +192,22 @@ fn h264_over_rtp_decodes_and_answers_pli_nack_and_ignores_garbage() {
 fn receiver_restart_on_the_same_port_resumes_at_a_keyframe() {
     let mut rx = Some(UdpSocket::bind("127.0.0.1:0").unwrap());
     let port = rx.as_ref().unwrap().local_addr().unwrap().port();
-    let child = spawn_castline(castline().args([
-        "publish",
-        &format!("rtp://127.0.0.1:{port}?video_pt=96&video_ssrc=1111"),
-        "--source",
-        "testsrc",
-        "--size",
-        "320x240",
-        "--keyint",
-        "30",
-        "--audio",
-        "none",
-        "--duration",
-        "9",
-        "--stats",
-        "json",
-        "--reconnect-delay",
-        "0.5",
-    ]));
+    let child = spawn_castline(&mut publish_video(
+        port,
+        "",
+        &[
+            "--size",
+            "320x240",
+            "--keyint",
+            "30",
+            "--duration",
+            "9",
+            "--stats",
+            "json",
+            "--reconnect-delay",
+            "0.5",
+        ],
+    ));
     let mut buf = [0u8; 2048];
     let t0 = Instant::now();
     let (mut before, mut after) = (Vec::new(), Vec::new());
@@ -292,24 +297,20 @@ fn receiver_restart_on_the_same_port_resumes_at_a_keyframe() {
 fn receiver_gone_for_good_gives_up_after_the_tries() {
     let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = rx.local_addr().unwrap().port();
-    let mut cmd = castline();
-    cmd.args([
-        "publish",
-        &format!("rtp://127.0.0.1:{port}?video_pt=96&video_ssrc=1111"),
-        "--source",
-        "testsrc",
-        "--audio",
-        "none",
-        "--duration",
-        "20",
-        "--reconnect-delay",
-        "0.2",
-        "--reconnect-multiplier",
-        "1",
-        "--reconnect-tries",
-        "3",
-    ]);
-    let child = spawn_castline(&mut cmd);
+    let child = spawn_castline(&mut publish_video(
+        port,
+        "",
+        &[
+            "--duration",
+            "20",
+            "--reconnect-delay",
+            "0.2",
+            "--reconnect-multiplier",
+            "1",
+            "--reconnect-tries",
+            "3",
+        ],
+    ));
     std::thread::sleep(Duration::from_secs(2));
     drop(rx);
     let t0 = Instant::now();
@@ -383,22 +384,20 @@ fn ffmpeg_reads_the_stream_through_an_sdp_file_and_ends_on_bye() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let out = run(castline().args([
-        "publish",
-        &format!("rtp://127.0.0.1:{port}?video_pt=96&video_ssrc=1111"),
-        "--source",
-        "testsrc",
-        "--size",
-        "320x240",
-        "--keyint",
-        "2",
-        "--audio",
-        "none",
-        "--duration",
-        "5",
-        "--mtu",
-        "900",
-    ]));
+    let out = run(&mut publish_video(
+        port,
+        "",
+        &[
+            "--size",
+            "320x240",
+            "--keyint",
+            "2",
+            "--duration",
+            "5",
+            "--mtu",
+            "900",
+        ],
+    ));
     assert!(out.status.success(), "{}", stderr(&out));
     // No signal: the BYE alone ends ffmpeg's input.
     wait_proc(&mut ffmpeg, Duration::from_secs(15));
