@@ -49,9 +49,8 @@ pub struct RtpTarget {
 pub const MTU_RANGE: std::ops::RangeInclusive<usize> = 256..=9000;
 pub const DEFAULT_MTU: usize = 1200;
 
-fn mtu(v: &str, what: &str) -> Result<usize, OutputError> {
-    v.parse::<usize>()
-        .ok()
+fn mtu(m: Option<u64>, what: &str) -> Result<usize, OutputError> {
+    m.and_then(|m| usize::try_from(m).ok())
         .filter(|m| MTU_RANGE.contains(m))
         .ok_or_else(|| {
             invalid(
@@ -108,7 +107,7 @@ impl RtpTarget {
                 "video_ssrc" => video_ssrc = Some(ssrc(v, url, k)?),
                 "audio_pt" => audio_pt = Some(pt(v, url, k)?),
                 "audio_ssrc" => audio_ssrc = Some(ssrc(v, url, k)?),
-                "mtu" => size = mtu(v, url)?,
+                "mtu" => size = mtu(v.parse().ok(), url)?,
                 _ => return Err(invalid(url, format!("unknown parameter '{k}'"))),
             }
         }
@@ -144,7 +143,7 @@ impl RtpTarget {
             };
         let size = match &v["rtp"]["mtu"] {
             serde_json::Value::Null => DEFAULT_MTU,
-            x => mtu(&x.to_string(), what)?,
+            x => mtu(x.as_u64(), what)?,
         };
         let target = Self::assemble(
             what,
@@ -162,7 +161,7 @@ impl RtpTarget {
 
     /// The same target with another datagram size limit (`--mtu`).
     pub fn with_mtu(self, value: usize) -> Result<Self, OutputError> {
-        let size = mtu(&value.to_string(), &format!("rtp://{}", self.addr))?;
+        let size = mtu(Some(value as u64), &format!("rtp://{}", self.addr))?;
         Ok(Self { mtu: size, ..self })
     }
 
