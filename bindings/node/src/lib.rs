@@ -331,6 +331,7 @@ fn config(o: &ShareOptions) -> Result<PipelineConfig> {
                 H264Profile::High
             },
             keyint_s: keyint,
+            ..EncoderSettings::default()
         },
         outputs: vec![output],
         audio,

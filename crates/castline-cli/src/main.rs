@@ -157,6 +157,48 @@ struct PipelineArgs {
     audio: AudioArgs,
     #[command(flatten)]
     network: NetworkArgs,
+    #[command(flatten)]
+    adapt: AdaptArgs,
+}
+
+/// Adaptive quality of live outputs.
+#[derive(Args)]
+#[command(next_help_heading = "Adaptive quality")]
+struct AdaptArgs {
+    /// on: each live output's bitrate follows its path (TWCC/REMB, RTCP loss, RTMP buffer) and
+    /// congested ones get a lower tier (fps first, then size); off: every output gets --bitrate.
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    adapt: OnOff,
+    /// Lowest frame rate the ladder steps down to before it lowers the resolution.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..=240))]
+    min_fps: u32,
+    /// Lowest video bitrate a live output is asked to take, e.g. 150k.
+    #[arg(long, default_value = "150k", value_parser = parse_bitrate)]
+    min_bitrate: u64,
+    /// Estimate a new WebRTC peer starts from (default: --bitrate).
+    #[arg(long, value_parser = parse_bitrate)]
+    start_bitrate: Option<u64>,
+    /// Lowest height the ladder scales the picture to.
+    #[arg(long, default_value_t = 360, value_parser = clap::value_parser!(u32).range(16..=8192))]
+    min_height: u32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+impl AdaptArgs {
+    fn config(&self) -> castline::adapt::AdaptConfig {
+        castline::adapt::AdaptConfig {
+            enabled: self.adapt == OnOff::On,
+            min_fps: self.min_fps,
+            min_bitrate: self.min_bitrate,
+            start_bitrate: self.start_bitrate,
+            min_height: self.min_height,
+        }
+    }
 }
 
 /// Audio capture and encoding.
@@ -616,11 +658,13 @@ fn run_pipeline(primary: OutputSpec, a: PipelineArgs) -> Result<(), Failure> {
             preset: a.preset,
             profile,
             keyint_s: a.keyint,
+            ..EncoderSettings::default()
         },
         outputs,
         duration: a.duration,
         rtmp: a.network.rtmp_options(),
         audio: a.audio.config(),
+        adapt: a.adapt.config(),
         ..PipelineConfig::default()
     };
     let pipeline = Pipeline::start(cfg).map_err(|e| match e {

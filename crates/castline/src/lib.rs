@@ -2,6 +2,7 @@
 //!
 //! The crate is laid out by pipeline stage; see ARCHITECTURE.md at the repository root.
 
+pub mod adapt;
 pub mod capture;
 pub mod convert;
 pub mod encode;

@@ -13,6 +13,8 @@
 //   {"op":"latency","id":"a","seconds":30}   glass-to-glass: reads testsrc's embedded clock
 //   "shared": true on "open" puts the page in one browser process shared by such pages
 //   {"op":"close","id":"a"}   ({"op":"whep_delete","id":"w"} sends the WHEP DELETE first)
+//   {"op":"monitor","id":"a","seconds":40}   getStats() every 100 ms: a series of
+//                                   [unix_ms, framesDecoded, frameWidth, frameHeight] samples
 //   {"op":"sleep","ms":1000}
 import { createServer } from 'node:http';
 import { chromium } from 'playwright-core';
@@ -213,6 +215,18 @@ async function step(s) {
     }
     case 'latency':
       return latency(pages.get(s.id).page, s.seconds || 30);
+    case 'monitor': {
+      // The test correlates these wall-clock samples with when it capped the link.
+      const page = pages.get(s.id).page;
+      const series = [];
+      const end = Date.now() + (s.seconds || 30) * 1000;
+      while (Date.now() < end) {
+        const st = await stats(page);
+        if (st) series.push([Date.now(), st.framesDecoded, st.frameWidth, st.frameHeight]);
+        await sleep(100);
+      }
+      return { ok: true, series };
+    }
     case 'close': {
       const p = pages.get(s.id);
       pages.delete(s.id);

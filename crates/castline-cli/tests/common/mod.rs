@@ -721,13 +721,16 @@ pub struct Serve {
 impl Serve {
     /// Start `castline serve` with `args` (plus --listen on a free port) and wait for its URL.
     pub fn start(name: &str, cmd: &mut Command, args: &[&str]) -> Serve {
+        Self::start_at(name, cmd, &format!("127.0.0.1:{}", free_port()), args)
+    }
+
+    /// The same on a given listen address (e.g. inside a network namespace).
+    pub fn start_at(name: &str, cmd: &mut Command, listen: &str, args: &[&str]) -> Serve {
         use std::io::BufRead;
         let dir = tmpdir(name);
         let log = dir.join("stderr.log");
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
         let mut child = cmd
-            .args(["serve", "--listen", &listen])
+            .args(["serve", "--listen", listen])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -898,4 +901,80 @@ pub fn browser_with(mut cmd: Command, steps: serde_json::Value) -> Vec<serde_jso
     text.lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
+}
+
+/// Two network namespaces of the test's own joined by a veth pair: side A (`10.203.0.1`, where
+/// castline runs) and side B (`10.203.0.2`, a viewer). `cap` puts a `tbf` qdisc on A's end, so
+/// everything A sends to B goes through a link of that rate (see shared/README.md).
+pub struct NetPair {
+    pub a: String,
+    pub b: String,
+}
+
+pub const NET_A: &str = "10.203.0.1";
+pub const NET_B: &str = "10.203.0.2";
+
+impl NetPair {
+    pub fn create(name: &str) -> NetPair {
+        let pid = std::process::id();
+        let (a, b) = (format!("cl-{name}-a-{pid}"), format!("cl-{name}-b-{pid}"));
+        for ns in [&a, &b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            ip(&["netns", "add", ns]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        ip(&[
+            "-n", &a, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &b,
+        ]);
+        ip(&["-n", &a, "addr", "add", &format!("{NET_A}/24"), "dev", "va"]);
+        ip(&["-n", &b, "addr", "add", &format!("{NET_B}/24"), "dev", "vb"]);
+        ip(&["-n", &a, "link", "set", "va", "up"]);
+        ip(&["-n", &b, "link", "set", "vb", "up"]);
+        NetPair { a, b }
+    }
+
+    /// `program` run inside namespace `ns` (self.a or self.b).
+    pub fn cmd(ns: &str, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, program]);
+        c
+    }
+
+    /// Cap what A sends to B at `rate` (e.g. "1.5mbit").
+    pub fn cap(&self, rate: &str) {
+        ip(&[
+            "-n", &self.a, "qdisc", "replace", "dev", "va", "root", "tbf", "rate", rate, "burst",
+            "20kb", "latency", "100ms",
+        ]);
+    }
+
+    pub fn uncap(&self) {
+        ip(&["-n", &self.a, "qdisc", "del", "dev", "va", "root"]);
+    }
+}
+
+/// `ip ARGS` (iproute2; `ip -n NS qdisc …` runs tc's qdisc commands inside a namespace).
+fn ip(args: &[&str]) {
+    let (prog, args) = match args {
+        ["-n", ns, "qdisc", rest @ ..] => (
+            "ip",
+            [&["netns", "exec", ns, "tc", "qdisc"][..], rest].concat(),
+        ),
+        _ => ("ip", args.to_vec()),
+    };
+    let s = Command::new(prog).args(&args).status().expect("iproute2");
+    assert!(s.success(), "{prog} {args:?}");
+}
+
+impl Drop for NetPair {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            if let Ok(o) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
 }

@@ -78,6 +78,9 @@ pub enum SourceSpec {
     Window(u32),
     /// The synthetic test picture.
     TestSrc,
+    /// The same with fresh noise in every frame (`testsrc:noise`): content that takes every bit
+    /// of any bitrate, as a busy screen does (network tests).
+    TestSrcNoise,
     /// An ffmpeg child process given these input arguments; its H.264 is passed through
     /// without re-encoding.
     FfmpegProcess(Vec<String>),
@@ -89,6 +92,7 @@ impl std::str::FromStr for SourceSpec {
         match s {
             "screen" => Ok(Self::Screen),
             "testsrc" => Ok(Self::TestSrc),
+            "testsrc:noise" => Ok(Self::TestSrcNoise),
             _ => {
                 if let Some(n) = s.strip_prefix("display:") {
                     n.parse()
@@ -110,7 +114,7 @@ impl std::str::FromStr for SourceSpec {
                         .ok_or_else(|| format!("invalid window id '{id}' (decimal or 0x-hex)"))
                 } else {
                     Err(format!(
-                        "unknown source '{s}' (expected screen, display:N, window:ID, testsrc or ffmpeg:'ARGS')"
+                        "unknown source '{s}' (expected screen, display:N, window:ID, testsrc, testsrc:noise or ffmpeg:'ARGS')"
                     ))
                 }
             }
@@ -223,6 +227,9 @@ pub fn open_source(
             opts.testsrc_size.0,
             opts.testsrc_size.1,
         )?),
+        SourceSpec::TestSrcNoise => Box::new(
+            testsrc::TestSource::new(opts.testsrc_size.0, opts.testsrc_size.1)?.with_noise(),
+        ),
         SourceSpec::Screen => Box::new(x11_screen::ScreenSource::open(None, opts.show_cursor)?),
         SourceSpec::Display(i) => {
             Box::new(x11_screen::ScreenSource::open(Some(*i), opts.show_cursor)?)

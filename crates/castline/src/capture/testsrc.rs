@@ -30,6 +30,8 @@ pub struct TestSource {
     height: u32,
     background: Vec<u8>,
     pool: BufferPool<Vec<u8>>,
+    /// xorshift state when every frame gets fresh noise.
+    noise: Option<u64>,
 }
 
 impl TestSource {
@@ -64,13 +66,42 @@ impl TestSource {
             height,
             background,
             pool: BufferPool::new(6),
+            noise: None,
         })
+    }
+
+    /// Fresh low-amplitude noise over the whole picture in every frame: nothing predicts it,
+    /// so the encoder spends whatever bitrate it is given.
+    pub fn with_noise(mut self) -> Self {
+        self.noise = Some(0x9e37_79b9_7f4a_7c15);
+        self
+    }
+}
+
+/// Add ±16 of noise to every pixel's grey level (one random byte per pixel).
+fn add_noise(px: &mut [u8], state: &mut u64) {
+    for chunk in px.chunks_exact_mut(32) {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        let r = state.to_le_bytes();
+        for (p, n) in chunk.chunks_exact_mut(4).zip(r) {
+            let d = (n & 31) as i16 - 16;
+            for c in &mut p[..3] {
+                *c = (*c as i16 + d).clamp(0, 255) as u8;
+            }
+        }
     }
 }
 
 impl VideoSource for TestSource {
     fn describe(&self) -> String {
-        format!("testsrc {}x{}", self.width, self.height)
+        let kind = if self.noise.is_some() {
+            "testsrc:noise"
+        } else {
+            "testsrc"
+        };
+        format!("{kind} {}x{}", self.width, self.height)
     }
 
     fn size(&self) -> (u32, u32) {
@@ -84,6 +115,9 @@ impl VideoSource for TestSource {
         {
             let px = unique_mut(&mut buf)?;
             px.copy_from_slice(&self.background);
+            if let Some(state) = &mut self.noise {
+                add_noise(px, state);
+            }
             // A box that crosses the screen every 2 s and a bar that moves one row per frame.
             let bw = (w / 8).max(8);
             let bh = (h / 6).max(8);

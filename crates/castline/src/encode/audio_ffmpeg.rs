@@ -144,6 +144,7 @@ impl FfmpegAudioEncoder {
                         duration_us: mix::sample_to_us(dur),
                         keyframe: false,
                         media: MediaKind::Audio,
+                        layer: 0,
                     });
                 }
                 Err(ff::Error::Other { errno }) if errno == libc::EAGAIN => return Ok(()),

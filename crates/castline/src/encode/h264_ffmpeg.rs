@@ -124,6 +124,9 @@ impl FfmpegH264Encoder {
                 opts.set("tune", "zerolatency");
                 opts.set("profile", profile);
                 opts.set("forced-idr", "1");
+                if s.inband_headers {
+                    opts.set("x264-params", "repeat-headers=1");
+                }
             }
             EncoderKind::Nvenc => {
                 opts.set("preset", nvenc_preset(&s.preset));
@@ -221,6 +224,7 @@ impl FfmpegH264Encoder {
                         },
                         keyframe: self.packet.is_key(),
                         media: super::MediaKind::Video,
+                        layer: 0,
                     });
                 }
                 Err(ff::Error::Other { errno }) if errno == libc::EAGAIN => return Ok(()),
@@ -300,6 +304,24 @@ impl VideoEncoder for FfmpegH264Encoder {
             .send_eof()
             .map_err(|e| EncodeError::Failed(e.to_string()))?;
         self.drain(out)
+    }
+
+    fn set_bitrate(&mut self, bps: u64) -> bool {
+        // FFmpeg's libx264 wrapper compares these fields with x264's parameters before every
+        // frame and calls x264_encoder_reconfig when they differ (bitrate and VBV).
+        if self.info.encoder_name != "libx264" {
+            return false;
+        }
+        let bps = bps.clamp(10_000, i32::MAX as u64);
+        // SAFETY: plain field writes on the context we own; read by the next send_frame.
+        unsafe {
+            let p = self.enc.as_mut_ptr();
+            (*p).bit_rate = bps as i64;
+            (*p).rc_max_rate = bps as i64;
+            (*p).rc_buffer_size = bps as i32;
+        }
+        self.info.bitrate = bps;
+        true
     }
 }
 

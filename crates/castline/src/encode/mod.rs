@@ -30,6 +30,9 @@ pub struct EncodedPacket {
     /// Video only: an IDR picture. (Every audio packet decodes on its own.)
     pub keyframe: bool,
     pub media: MediaKind,
+    /// Video: which encode tier produced it (0 = the configured quality, 1 = the lower tier
+    /// encoded while some live sink cannot take the configured bitrate; see `adapt`).
+    pub layer: u8,
 }
 
 impl EncodedPacket {
@@ -209,6 +212,9 @@ pub struct EncoderSettings {
     pub profile: H264Profile,
     /// Keyframe interval in seconds.
     pub keyint_s: f64,
+    /// SPS and PPS in front of every keyframe too (not only in the extradata), for a stream
+    /// whose parameter sets change mid-stream (a lower tier that changes size).
+    pub inband_headers: bool,
 }
 
 impl Default for EncoderSettings {
@@ -219,6 +225,7 @@ impl Default for EncoderSettings {
             preset: "veryfast".into(),
             profile: H264Profile::High,
             keyint_s: 2.0,
+            inband_headers: false,
         }
     }
 }
@@ -236,6 +243,11 @@ pub trait VideoEncoder: Send {
     ) -> Result<(), EncodeError>;
     /// Drain delayed packets at end of stream.
     fn flush(&mut self, out: &mut Vec<EncodedPacket>) -> Result<(), EncodeError>;
+    /// Change the target bitrate from the next frame on: no keyframe, no new stream. False when
+    /// the encoder cannot (it keeps its rate).
+    fn set_bitrate(&mut self, _bps: u64) -> bool {
+        false
+    }
 }
 
 /// Open the encoder `settings` ask for. With `EncoderKind::Auto`, hardware encoders are tried in

@@ -75,6 +75,10 @@ pub trait Output: Send {
         None
     }
     /// Plain RTP outputs: what the receiver's RTCP reported.
+    /// Live outputs that adapt: what they ask of the encode tiers (None: always the main tier).
+    fn demand(&self) -> Option<Arc<crate::adapt::TierDemand>> {
+        None
+    }
     fn rtcp(&self) -> Option<Arc<std::sync::Mutex<rtp::RtcpReport>>> {
         None
     }
@@ -170,13 +174,39 @@ impl std::str::FromStr for OutputSpec {
 
 /// Open an output. Network outputs connect here: a first connection that fails is reported at
 /// once instead of being retried.
+/// What live outputs share: reconnection and stream-buffer settings, and adaptive quality.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveOptions<'a> {
+    pub rtmp: &'a RtmpOptions,
+    pub adapt: &'a crate::adapt::AdaptConfig,
+}
+
+impl LiveOptions<'_> {
+    /// The rate bounds of a live sink of this run, None with adaptation off.
+    pub fn rate(&self, info: &MediaInfo) -> Option<crate::adapt::RateConfig> {
+        self.adapt.enabled.then(|| crate::adapt::RateConfig {
+            min_bps: self.adapt.min_bitrate,
+            max_bps: info.video.bitrate,
+        })
+    }
+
+    /// How the WebRTC peers of a hub adapt, None with adaptation off.
+    pub fn peer_adapt(&self, info: &MediaInfo) -> Option<crate::webrtc::hub::PeerAdapt> {
+        self.rate(info).map(|rate| crate::webrtc::hub::PeerAdapt {
+            rate,
+            start_bps: self.adapt.start_bitrate.unwrap_or(rate.max_bps),
+        })
+    }
+}
+
 pub fn open_output(
     spec: &OutputSpec,
     info: &MediaInfo,
     clock: MediaClock,
-    rtmp: &RtmpOptions,
+    live: &LiveOptions<'_>,
     keyframe: Arc<AtomicBool>,
 ) -> Result<Box<dyn Output>, OutputError> {
+    let rtmp = live.rtmp;
     match spec {
         OutputSpec::Mp4(path) => Ok(Box::new(mp4::Mp4Output::create(path, info)?)),
         OutputSpec::Rtmp(url) => Ok(Box::new(rtmp::RtmpOutput::connect(
@@ -186,7 +216,11 @@ pub fn open_output(
             rtmp.clone(),
         )?)),
         OutputSpec::Serve(o) => Ok(Box::new(serve::ServeOutput::start(
-            o, info, clock, keyframe,
+            o,
+            info,
+            clock,
+            keyframe,
+            live.peer_adapt(info),
         )?)),
         OutputSpec::Rtp(t) => Ok(Box::new(rtp::RtpOutput::connect(
             t.clone(),
@@ -205,6 +239,7 @@ pub fn open_output(
             clock,
             keyframe,
             rtmp.clone(),
+            live.peer_adapt(info),
         )?)),
     }
 }

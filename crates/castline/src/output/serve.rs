@@ -46,6 +46,7 @@ impl ServeOutput {
         info: &MediaInfo,
         clock: MediaClock,
         keyframe: Arc<AtomicBool>,
+        adapt: Option<webrtc::hub::PeerAdapt>,
     ) -> Result<Self, OutputError> {
         webrtc::init_crypto();
         let cfg = HubConfig {
@@ -53,6 +54,7 @@ impl ServeOutput {
             ice_lite: true,
             max_peers: opts.max_viewers,
             name: "serve".into(),
+            adapt,
             ..HubConfig::default()
         };
         let (hub, hub_thread) =
@@ -139,5 +141,9 @@ impl Output for ServeOutput {
 
     fn hub(&self) -> Option<Hub> {
         Some(self.hub.clone())
+    }
+
+    fn demand(&self) -> Option<Arc<crate::adapt::TierDemand>> {
+        Some(self.hub.demand())
     }
 }

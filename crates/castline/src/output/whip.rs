@@ -91,6 +91,7 @@ impl WhipOutput {
         clock: MediaClock,
         keyframe: Arc<AtomicBool>,
         opts: RtmpOptions,
+        adapt: Option<webrtc::hub::PeerAdapt>,
     ) -> Result<Self, OutputError> {
         let url = parse_whip_url(url)?;
         webrtc::init_crypto();
@@ -102,6 +103,7 @@ impl WhipOutput {
             // SFUs send RTCP receiver reports every second or so.
             silence_timeout: Duration::from_secs(5),
             name: "whip".into(),
+            adapt,
             ..HubConfig::default()
         };
         let (hub, hub_thread) =
@@ -415,6 +417,10 @@ impl Output for WhipOutput {
 
     fn hub(&self) -> Option<Hub> {
         Some(self.hub.clone())
+    }
+
+    fn demand(&self) -> Option<Arc<crate::adapt::TierDemand>> {
+        Some(self.hub.demand())
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod clock;
 pub mod queue;
 pub mod stats;
+pub mod tiers;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -18,12 +19,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::adapt::tier::{self, TierSwitch};
+use crate::adapt::{AdaptConfig, TierDemand};
 use crate::capture::ffmpeg_process::FfmpegIngest;
 use crate::capture::pulse::PulseInput;
 use crate::capture::{
     self, AudioSourceSpec, CaptureTime, SourceOptions, SourceSpec, VideoFrame, VideoSource,
 };
-use crate::convert::{even_crop, Converter};
+use crate::convert::even_crop;
 use crate::encode::{
     self, AudioCodec, AudioEncoder, EncodedPacket, EncoderSettings, MediaInfo, VideoEncoder,
     VideoStreamInfo,
@@ -36,6 +39,7 @@ use queue::{FrameQueue, PacketQueue, Pop, PushOutcome};
 use stats::{
     AudioCounters, AudioStats, OutputCounters, PipelineCounters, StatsSampler, StatsSnapshot,
 };
+use tiers::{AdaptationReport, Tiers};
 
 /// What audio to capture and how to encode it.
 #[derive(Debug, Clone)]
@@ -81,6 +85,8 @@ pub struct PipelineConfig {
     /// Stream buffer and reconnection settings of RTMP outputs.
     pub rtmp: RtmpOptions,
     pub audio: AudioConfig,
+    /// Adaptive quality of live outputs (rate control, tiers, ladder).
+    pub adapt: AdaptConfig,
 }
 
 impl Default for PipelineConfig {
@@ -97,6 +103,7 @@ impl Default for PipelineConfig {
             file_queue_duration: Duration::from_secs(10),
             rtmp: RtmpOptions::default(),
             audio: AudioConfig::default(),
+            adapt: AdaptConfig::default(),
         }
     }
 }
@@ -123,6 +130,7 @@ pub struct Pipeline {
     sampler: Mutex<StatsSampler>,
     info: VideoStreamInfo,
     audio_stats: Option<AudioStats>,
+    adaptation: Arc<Mutex<AdaptationReport>>,
     capture: JoinHandle<std::result::Result<(), Error>>,
     /// None when video is passed through (ffmpeg source).
     encode: Option<JoinHandle<std::result::Result<(), Error>>>,
@@ -174,10 +182,10 @@ impl Pipeline {
                 "capture_started"
             );
             let encoder = encode::open_video_encoder(&cfg.encoder, w, h, cfg.fps)?;
-            VideoPath::Encode(source, encoder, (w, h))
+            VideoPath::Encode(source, encoder)
         };
         let info = match &video {
-            VideoPath::Encode(_, e, _) => e.info().clone(),
+            VideoPath::Encode(_, e) => e.info().clone(),
             VideoPath::PassThrough(i) => i.info.clone(),
         };
         // Audio: sources first (an unknown device fails the start), one encoder per codec the
@@ -211,7 +219,11 @@ impl Pipeline {
                 video: info.clone(),
                 audio: audio_info.get(&spec.audio_codec()).cloned(),
             };
-            match output::open_output(spec, &media, clock, &cfg.rtmp, keyframe.clone()) {
+            let live = output::LiveOptions {
+                rtmp: &cfg.rtmp,
+                adapt: &cfg.adapt,
+            };
+            match output::open_output(spec, &media, clock, &live, keyframe.clone()) {
                 Ok(o) => outputs.push((spec, o)),
                 Err(e) => {
                     // Undo the outputs already created so no empty files remain.
@@ -247,6 +259,9 @@ impl Pipeline {
             let mut c = OutputCounters::new(out.name(), queue);
             c.hub = out.hub();
             c.rtcp = out.rtcp();
+            if let Some(d) = out.demand() {
+                c.demand = d;
+            }
             if !audio_encoders.is_empty() {
                 c.audio = Some(spec.audio_codec());
                 c.queue.add_producer();
@@ -264,7 +279,7 @@ impl Pipeline {
         let t0 = clock.now_us();
         let end_us = Arc::new(AtomicI64::new(i64::MAX));
         let (capture, encode_inputs) = match video {
-            VideoPath::Encode(source, encoder, size) => {
+            VideoPath::Encode(source, encoder) => {
                 let (raw, stop, counters, end) =
                     (raw.clone(), stop.clone(), counters.clone(), end_us.clone());
                 let (fps, duration) = (cfg.fps, cfg.duration);
@@ -274,7 +289,7 @@ impl Pipeline {
                         source, clock, t0, fps, duration, &raw, &stop, &counters, &end,
                     )
                 })?;
-                (capture, Some((encoder, size)))
+                (capture, Some(encoder))
             }
             VideoPath::PassThrough(ingest) => {
                 let (stop, counters, end, outs, kf) = (
@@ -307,8 +322,16 @@ impl Pipeline {
                 run_audio(audio_inputs, audio_encoders, clock, t0, &end, &ac, &outs)
             })?)
         };
+        let adaptation = Arc::new(Mutex::new(AdaptationReport::default()));
         let encode = match encode_inputs {
-            Some((encoder, size)) => {
+            Some(encoder) => {
+                let tiers = Tiers::new(
+                    encoder,
+                    cfg.encoder.clone(),
+                    cfg.adapt.clone(),
+                    cfg.fps,
+                    adaptation.clone(),
+                );
                 let (raw, keyframe, counters, outs, stop) = (
                     raw.clone(),
                     keyframe.clone(),
@@ -317,7 +340,7 @@ impl Pipeline {
                     stop.clone(),
                 );
                 Some(spawn("castline-encode", move || {
-                    run_encode(encoder, size, &raw, &keyframe, &counters, &outs, &stop)
+                    run_encode(tiers, &raw, &keyframe, &counters, &outs, &stop)
                 })?)
             }
             None => None,
@@ -332,6 +355,7 @@ impl Pipeline {
             sampler: Mutex::new(StatsSampler::new()),
             info,
             audio_stats,
+            adaptation,
             capture,
             encode,
             audio,
@@ -387,6 +411,7 @@ impl Pipeline {
                 self.raw.dropped(),
                 &self.outputs,
                 self.audio_stats.as_ref(),
+                &self.adaptation.lock().unwrap_or_else(|p| p.into_inner()),
             )
     }
 
@@ -453,7 +478,7 @@ fn spawn<T: Send + 'static>(
 
 /// Where video comes from: pictures to encode, or encoded video to pass through.
 enum VideoPath {
-    Encode(Box<dyn VideoSource>, Box<dyn VideoEncoder>, (u32, u32)),
+    Encode(Box<dyn VideoSource>, Box<dyn VideoEncoder>),
     PassThrough(FfmpegIngest),
 }
 
@@ -477,6 +502,8 @@ fn run_ingest(
     let mut packets = Vec::with_capacity(1);
     let mut first = Some(ingest.first.clone());
     let mut warned_keyframe = false;
+    // Passed-through video has one tier: every output stays on it.
+    let mut routes = vec![TierSwitch::default(); outputs.len()];
     let mut result = Ok(());
     while !stop.load(Ordering::SeqCst) {
         let au = match first.take() {
@@ -511,8 +538,9 @@ fn run_ingest(
             duration_us: frame_us,
             keyframe: au.keyframe,
             media: encode::MediaKind::Video,
+            layer: 0,
         });
-        fan_out(&mut packets, counters, outputs, keyframe);
+        fan_out(&mut packets, counters, outputs, &mut routes, keyframe);
         if outputs.iter().all(|o| o.failed.load(Ordering::Relaxed)) {
             stop.store(true, Ordering::SeqCst);
         }
@@ -721,18 +749,20 @@ fn fan_out_audio(
     }
 }
 
+/// Per frame: read what outputs ask for, route each output to its tier, encode on every tier
+/// that needs the frame, fan out. Once a second: CPU pressure and the adaptation report.
+#[allow(clippy::too_many_arguments)]
 fn run_encode(
-    mut encoder: Box<dyn VideoEncoder>,
-    size: (u32, u32),
+    mut tiers: Tiers,
     raw: &FrameQueue<VideoFrame>,
     keyframe: &AtomicBool,
     counters: &PipelineCounters,
     outputs: &[Arc<OutputCounters>],
     stop: &AtomicBool,
 ) -> Result<()> {
-    let mut converter = Converter::new(size.0, size.1);
     let mut packets: Vec<EncodedPacket> = Vec::with_capacity(4);
-    let mut converted: Option<u64> = None;
+    let mut routes = vec![TierSwitch::default(); outputs.len()];
+    let demands: Vec<&TierDemand> = outputs.iter().map(|o| o.demand.as_ref()).collect();
     let mut first = true;
     let result = (|| -> Result<()> {
         loop {
@@ -742,31 +772,33 @@ fn run_encode(
                 Pop::Closed => break,
             };
             let t0 = Instant::now();
-            // A repeated frame needs no conversion: the encoder's input still holds it.
-            if converted != Some(frame.content_id) {
-                converter.convert(&frame.picture, encoder.input()?)?;
-                converted = Some(frame.content_id);
+            tiers.plan(t0, &demands)?;
+            let main_needed = route_outputs(outputs, &mut routes, &mut tiers);
+            if keyframe.swap(false, Ordering::SeqCst) {
+                tiers.request_keyframe(None);
             }
-            let force = keyframe.swap(false, Ordering::SeqCst);
-            encoder.encode(frame.pts_us, force, &mut packets)?;
+            tiers.encode(&frame, main_needed, &mut packets)?;
             let us = t0.elapsed().as_micros().min(u32::MAX as u128) as u32;
-            counters
-                .encode_us
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(us);
-            counters.frames_encoded.fetch_add(1, Ordering::Relaxed);
+            if !packets.is_empty() {
+                counters
+                    .encode_us
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(us);
+                counters.frames_encoded.fetch_add(1, Ordering::Relaxed);
+            }
             if first && !packets.is_empty() {
                 first = false;
                 tracing::info!(encode_ms = us as f64 / 1000.0, "first_frame_encoded");
             }
-            fan_out(&mut packets, counters, outputs, keyframe);
+            fan_out(&mut packets, counters, outputs, &mut routes, keyframe);
+            tiers.tick(Instant::now(), raw.dropped());
             if outputs.iter().all(|o| o.failed.load(Ordering::Relaxed)) {
                 stop.store(true, Ordering::SeqCst);
             }
         }
-        encoder.flush(&mut packets)?;
-        fan_out(&mut packets, counters, outputs, keyframe);
+        tiers.flush(&mut packets)?;
+        fan_out(&mut packets, counters, outputs, &mut routes, keyframe);
         Ok(())
     })();
     if let Err(e) = &result {
@@ -781,11 +813,43 @@ fn run_encode(
     result
 }
 
-/// One encode feeds every output: packets are shared, not copied.
+/// Point every single-sink output at the tier it asks for (switching at that tier's next
+/// keyframe, which is requested here); WebRTC hubs route per peer themselves. Returns whether
+/// any output needs the main tier.
+fn route_outputs(
+    outputs: &[Arc<OutputCounters>],
+    routes: &mut [TierSwitch],
+    tiers: &mut Tiers,
+) -> bool {
+    let mut main_needed = false;
+    for (o, route) in outputs.iter().zip(routes.iter_mut()) {
+        if o.failed.load(Ordering::Relaxed) {
+            continue;
+        }
+        if o.hub.is_some() {
+            main_needed |= o.demand.main_sinks() > 0;
+            continue;
+        }
+        let want = if o.demand.main_sinks() == 0 && o.demand.low().is_some() {
+            tier::LOW
+        } else {
+            tier::MAIN
+        };
+        if route.want(want) {
+            tiers.request_keyframe(Some(want));
+        }
+        main_needed |= route.needs(tier::MAIN);
+    }
+    main_needed
+}
+
+/// One encode feeds every output: packets are shared, not copied. Video goes to an output only
+/// from the tier it is routed to (a WebRTC hub gets every tier and routes per peer).
 fn fan_out(
     packets: &mut Vec<EncodedPacket>,
     counters: &PipelineCounters,
     outputs: &[Arc<OutputCounters>],
+    routes: &mut [TierSwitch],
     keyframe: &AtomicBool,
 ) {
     for p in packets.drain(..) {
@@ -796,8 +860,11 @@ fn fan_out(
             counters.keyframes.fetch_add(1, Ordering::Relaxed);
         }
         let p = Arc::new(p);
-        for o in outputs {
+        for (o, route) in outputs.iter().zip(routes.iter_mut()) {
             if o.failed.load(Ordering::Relaxed) {
+                continue;
+            }
+            if o.hub.is_none() && !route.accept(p.layer, p.keyframe) {
                 continue;
             }
             match o.queue.push(p.clone()) {

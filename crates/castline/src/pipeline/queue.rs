@@ -284,6 +284,7 @@ mod tests {
             duration_us: 33_333,
             keyframe: key,
             media: crate::encode::MediaKind::Video,
+            layer: 0,
         })
     }
 
@@ -295,6 +296,7 @@ mod tests {
             duration_us: 21_333,
             keyframe: false,
             media: crate::encode::MediaKind::Audio,
+            layer: 0,
         })
     }
 

@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use super::queue::PacketQueue;
+use super::tiers::AdaptationReport;
+use crate::adapt::TierDemand;
 use crate::encode::AudioCodec;
 use crate::error::ErrorReport;
 use crate::mix::{AudioInput, SAMPLE_RATE};
@@ -76,6 +78,8 @@ pub struct OutputCounters {
     pub hub: Option<crate::webrtc::Hub>,
     /// Plain RTP outputs: the receiver's RTCP feedback.
     pub rtcp: Option<Arc<Mutex<crate::output::rtp::RtcpReport>>>,
+    /// What the output asks of the encode tiers (recordings: always the main one).
+    pub demand: Arc<TierDemand>,
 }
 
 impl OutputCounters {
@@ -93,6 +97,7 @@ impl OutputCounters {
             error: Mutex::new(None),
             hub: None,
             rtcp: None,
+            demand: Arc::new(TierDemand::fixed()),
         }
     }
 
@@ -134,6 +139,8 @@ pub struct StatsSnapshot {
     pub queues: QueueDepths,
     pub drops: Drops,
     pub outputs: Vec<OutputSnapshot>,
+    /// Adaptive quality: the main tier's level (CPU) and the low tier while one runs.
+    pub adaptation: AdaptationReport,
     /// Absent when the run has no audio.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audio: Option<AudioSnapshot>,
@@ -196,6 +203,10 @@ pub struct OutputSnapshot {
     /// disconnected or waiting for a keyframe.
     pub dropped: u64,
     pub reconnects: u32,
+    /// Live outputs that adapt: the video bitrate asked for (lowest over the output's peers)
+    /// and the path estimate, kbit/s; null for recordings and with `--adapt off`.
+    pub target_kbps: Option<f64>,
+    pub estimate_kbps: Option<f64>,
     /// The last error of this output (fatal, or transient while it reconnects).
     pub error: Option<ErrorReport>,
     /// WebRTC outputs: one entry per peer (viewer, or the WHIP session).
@@ -241,6 +252,7 @@ impl StatsSampler {
         raw_dropped: u64,
         outputs: &[Arc<OutputCounters>],
         audio: Option<&AudioStats>,
+        adaptation: &AdaptationReport,
     ) -> StatsSnapshot {
         let dt = (time_s - self.last_t).max(1e-3);
         let captured = c.frames_captured.load(Ordering::Relaxed);
@@ -267,6 +279,8 @@ impl StatsSampler {
                 let kbps = (b - *last) as f64 * 8.0 / 1000.0 / dt;
                 *last = b;
                 let link = o.link.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let (target, estimate) = o.demand.rates();
+                let kbps_of = |b: u64| round2(b as f64 / 1000.0);
                 OutputSnapshot {
                     name: o.name.clone(),
                     state: o.state(),
@@ -276,6 +290,8 @@ impl StatsSampler {
                     buffered_ms: round2(o.queue.buffered_us() as f64 / 1000.0),
                     dropped: o.queue.dropped() + o.skipped.load(Ordering::Relaxed),
                     reconnects: link.as_ref().map(|l| l.reconnects).unwrap_or(0),
+                    target_kbps: target.map(kbps_of),
+                    estimate_kbps: estimate.map(kbps_of),
                     error: o
                         .error
                         .lock()
@@ -314,6 +330,7 @@ impl StatsSampler {
                 output: outs.iter().map(|o| o.dropped).sum(),
             },
             outputs: outs,
+            adaptation: adaptation.clone(),
             audio,
         };
         self.last_t = time_s;

@@ -25,6 +25,8 @@ use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 
+use crate::adapt::tier::{self, TierSwitch};
+use crate::adapt::{Feedback, RateConfig, RateController, TierDemand};
 use crate::encode::{EncodedPacket, MediaKind as PacketKind};
 use crate::pipeline::clock::MediaClock;
 
@@ -111,6 +113,18 @@ pub struct HubConfig {
     pub keyframe_interval: Duration,
     /// Name used in logs.
     pub name: String,
+    /// Adaptive quality: each peer's rate controller, fed by str0m's TWCC estimate (and REMB).
+    /// None: every peer takes the main encode whatever its path.
+    pub adapt: Option<PeerAdapt>,
+}
+
+/// How the hub's peers adapt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PeerAdapt {
+    /// Bounds of a peer's target (the max is the main encode's bitrate).
+    pub rate: RateConfig,
+    /// The estimate a new peer starts from.
+    pub start_bps: u64,
 }
 
 impl Default for HubConfig {
@@ -123,6 +137,7 @@ impl Default for HubConfig {
             silence_timeout: Duration::from_secs(10),
             keyframe_interval: Duration::from_millis(500),
             name: "webrtc".into(),
+            adapt: None,
         }
     }
 }
@@ -144,6 +159,12 @@ pub struct PeerReport {
     pub firs: u64,
     pub video_packets: u64,
     pub audio_packets: u64,
+    /// The video bitrate this peer's rate controller asks for, kbit/s (null: adaptation off).
+    pub target_kbps: Option<f64>,
+    /// The path estimate (TWCC, else REMB), kbit/s.
+    pub estimate_kbps: Option<f64>,
+    /// The encode tier the peer receives (0 = main, 1 = low).
+    pub tier: u8,
 }
 
 /// Events a peer's owner (signaling session, WHIP client) can wait for.
@@ -190,6 +211,7 @@ pub struct Hub {
     alive: Arc<AtomicBool>,
     keyframes_sent: Arc<AtomicU64>,
     local_addrs: Arc<Vec<SocketAddr>>,
+    demand: Arc<TierDemand>,
 }
 
 /// The hub's thread; joined when the hub stops.
@@ -236,7 +258,13 @@ impl Hub {
         let reports = Arc::new(Mutex::new(Vec::new()));
         let alive = Arc::new(AtomicBool::new(true));
         let keyframes_sent = Arc::new(AtomicU64::new(0));
+        let demand = Arc::new(if cfg.adapt.is_some() {
+            TierDemand::default()
+        } else {
+            TierDemand::fixed()
+        });
         let mut core = HubCore {
+            demand: demand.clone(),
             gate: KeyframeGate::new(keyframe, cfg.keyframe_interval),
             cfg,
             clock,
@@ -264,6 +292,7 @@ impl Hub {
                 alive,
                 keyframes_sent,
                 local_addrs: Arc::new(local_addrs),
+                demand,
             },
             HubThread(Some(thread)),
         ))
@@ -351,6 +380,11 @@ impl Hub {
         self.keyframes_sent.load(Ordering::Relaxed)
     }
 
+    /// What this hub's peers ask of the encode tiers.
+    pub fn demand(&self) -> Arc<TierDemand> {
+        self.demand.clone()
+    }
+
     /// The UDP addresses media flows through (ICE host candidates).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
@@ -372,6 +406,11 @@ struct Peer {
     report: PeerReport,
     /// Time and bytes sent of the previous stats event (for the bitrate).
     last_peer_stats: Option<(Instant, u64)>,
+    /// None with adaptation off.
+    rate: Option<RateController>,
+    /// Whether TWCC feedback drives the estimate (else RTCP loss does, with REMB).
+    twcc: bool,
+    tier: TierSwitch,
 }
 
 struct HubCore {
@@ -386,6 +425,7 @@ struct HubCore {
     reports: Arc<Mutex<Vec<PeerReport>>>,
     keyframes_sent: Arc<AtomicU64>,
     last_report: Instant,
+    demand: Arc<TierDemand>,
 }
 
 /// Largest datagram we read (ICE/DTLS/SRTP from browsers stay well under it).
@@ -545,6 +585,11 @@ impl HubCore {
             .enable_opus(true, false)
             .set_ice_lite(self.cfg.ice_lite)
             .set_stats_interval(Some(Duration::from_secs(1)))
+            .enable_bwe(
+                self.cfg
+                    .adapt
+                    .map(|a| str0m::bwe::Bitrate::bps(a.start_bps)),
+            )
             .build(Instant::now());
         for a in &self.local_addrs {
             if let Ok(c) = Candidate::host(*a, "udp") {
@@ -582,8 +627,14 @@ impl HubCore {
                 firs: 0,
                 video_packets: 0,
                 audio_packets: 0,
+                target_kbps: self.cfg.adapt.map(|a| kbps(a.rate.max_bps)),
+                estimate_kbps: None,
+                tier: tier::MAIN,
             },
             last_peer_stats: None,
+            rate: self.cfg.adapt.map(|a| RateController::new(a.rate)),
+            twcc: false,
+            tier: TierSwitch::default(),
         };
         self.peers.insert(id, peer);
         tracing::info!(hub = %self.cfg.name, peer = id, via, "peer_added");
@@ -718,6 +769,16 @@ impl HubCore {
                 p.report.connected = true;
                 tracing::info!(hub = %self.cfg.name, peer = id, via = p.via, "peer_connected");
                 p.wants_keyframe = true;
+                if let Some(a) = self.cfg.adapt {
+                    // Probe up to a little over what the main encode needs, so a peer on the
+                    // low tier finds out when its path can take the main one again.
+                    let desired =
+                        (a.rate.max_bps as f64 / crate::adapt::rate::ESTIMATE_SHARE * 1.15) as u64;
+                    p.rtc.bwe().set_bitrate(
+                        str0m::bwe::Bitrate::bps(a.rate.min_bps),
+                        str0m::bwe::Bitrate::bps(desired),
+                    );
+                }
                 let wants_video = p.video.is_some();
                 for s in &self.subscribers {
                     let _ = s.send(PeerEvent::Connected(id));
@@ -733,9 +794,29 @@ impl HubCore {
                 let kind = format!("{:?}", req.kind).to_ascii_lowercase();
                 self.gate.request(now, &kind, id);
             }
+            Event::EgressBitrateEstimate(kind) => {
+                let fb = match kind {
+                    str0m::bwe::BweKind::Twcc { estimate, .. } => {
+                        p.twcc = true;
+                        Feedback::Estimate {
+                            bps: estimate.as_u64(),
+                        }
+                    }
+                    str0m::bwe::BweKind::Remb { estimate, .. } => Feedback::Remb {
+                        bps: estimate.as_u64(),
+                    },
+                    _ => return,
+                };
+                self.on_feedback(id, now, fb);
+            }
             Event::PeerStats(s) => {
                 p.report.rtt_ms = s.rtt.map(|d| d.as_secs_f64() * 1000.0);
                 p.report.loss = s.egress_loss_fraction.map(f64::from);
+                // Without TWCC (str0m's estimator already weighs loss), loss drives the rate.
+                if let (Some(l), false) = (s.egress_loss_fraction, p.twcc) {
+                    self.on_feedback(id, now, Feedback::Loss { fraction: l as f64 });
+                    return;
+                }
                 if let Some((t, b)) = p.last_peer_stats {
                     let dt = s.timestamp.saturating_duration_since(t).as_secs_f64();
                     if dt > 0.0 {
@@ -764,6 +845,66 @@ impl HubCore {
         }
     }
 
+    /// Feed a peer's rate controller; move the peer to the tier its target allows (at that
+    /// tier's next keyframe, which is asked for now).
+    fn on_feedback(&mut self, id: PeerId, now: Instant, fb: Feedback) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Some(rate) = &mut p.rate else {
+            return;
+        };
+        rate.on_feedback(now, fb);
+        let target = rate.target_bps();
+        p.report.target_kbps = Some(kbps(target));
+        p.report.estimate_kbps = rate.estimate_bps().map(kbps);
+        let heading = p.tier.pending.unwrap_or(p.tier.current);
+        let want = tier::choose(target, rate.config().max_bps, heading);
+        if want != heading && p.video.is_some() {
+            let reason = rate.limited_by().unwrap_or(crate::adapt::Reason::Bandwidth);
+            p.tier.want(want);
+            let (event, level) = if want == tier::LOW {
+                ("degraded", "low")
+            } else {
+                ("recovered", "main")
+            };
+            if want == tier::LOW {
+                tracing::warn!(hub = %self.cfg.name, peer = id, reason = reason.as_str(), tier = level, target_kbps = target / 1000, "degraded");
+            } else {
+                tracing::info!(hub = %self.cfg.name, peer = id, reason = reason.as_str(), tier = level, target_kbps = target / 1000, "recovered");
+            }
+            let _ = event;
+            self.update_demand();
+            self.gate.request(now, "tier_switch", id);
+        } else if p.tier.needs(tier::LOW) {
+            // The low tier follows the lowest target of its peers.
+            self.update_demand();
+        }
+    }
+
+    /// Tell the encode stage what this hub's peers need: how many take the main tier, and the
+    /// lowest target of those on the low one.
+    fn update_demand(&self) {
+        if self.cfg.adapt.is_none() {
+            return;
+        }
+        let (main, low) =
+            tier::summarize(self.peers.values().filter(|p| p.video.is_some()).map(|p| {
+                let rate = p.rate.as_ref();
+                (
+                    &p.tier,
+                    rate.map(|r| r.target_bps()).unwrap_or(u64::MAX),
+                    rate.and_then(|r| r.limited_by()),
+                )
+            }));
+        self.demand.set(main, low);
+        let peers = || self.peers.values().filter_map(|p| p.rate.as_ref());
+        self.demand.set_rates(
+            peers().map(|r| r.target_bps()).min(),
+            peers().filter_map(|r| r.estimate_bps()).min(),
+        );
+    }
+
     fn write_media(&mut self, pkt: &EncodedPacket) {
         let video = pkt.media == PacketKind::Video;
         let mut need_keyframe = Vec::new();
@@ -776,6 +917,14 @@ impl HubCore {
                 continue;
             };
             if video {
+                let switching = p.tier.pending == Some(pkt.layer) && pkt.keyframe;
+                if !p.tier.accept(pkt.layer, pkt.keyframe) {
+                    continue;
+                }
+                if switching {
+                    p.report.tier = pkt.layer;
+                    tracing::info!(peer = id, tier = pkt.layer, "tier_switched");
+                }
                 if p.wants_keyframe && !pkt.keyframe {
                     continue;
                 }
@@ -867,6 +1016,7 @@ impl HubCore {
 
     fn publish_reports(&mut self, now: Instant) {
         self.last_report = now;
+        self.update_demand();
         let mut out: Vec<PeerReport> = self.peers.values().map(|p| p.report.clone()).collect();
         out.sort_by_key(|r| r.id);
         *self.reports.lock().unwrap_or_else(|p| p.into_inner()) = out;
@@ -931,4 +1081,8 @@ fn add_track(p: &mut Peer, mid: Mid, kind: MediaKind, direction: Direction) {
         MediaKind::Audio if p.audio.is_none() => p.audio = Some((mid, pt)),
         _ => {}
     }
+}
+
+fn kbps(bps: u64) -> f64 {
+    (bps as f64 / 100.0).round() / 10.0
 }

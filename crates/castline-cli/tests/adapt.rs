@@ -1,0 +1,271 @@
+//! Adaptive quality on a real capped link: `castline serve` in one network namespace, headless
+//! Chromium viewers in another (behind a `tc tbf` cap) and in castline's own (uncapped), and a
+//! recording of the same run. What the viewers decode (getStats, every 100 ms) and what castline
+//! reports (JSON stats, events) are checked second by second.
+
+mod common;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use serde_json::{json, Value};
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// The browser's (unix_ms, framesDecoded, width, height) samples.
+fn series(results: &[Value], id: &str) -> Vec<(u64, u64, u64, u64)> {
+    let r = results
+        .iter()
+        .find(|r| r["op"] == "monitor" && r["id"] == id)
+        .unwrap_or_else(|| panic!("no monitor result for {id}: {results:?}"));
+    r["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let v: Vec<u64> = s
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap_or(0.0) as u64)
+                .collect();
+            (v[0], v[1], v[2], v[3])
+        })
+        .collect()
+}
+
+/// Longest time without a newly decoded frame in `[from, to)` (ms), and frames decoded there.
+fn longest_stall(s: &[(u64, u64, u64, u64)], from: u64, to: u64) -> (u64, u64) {
+    let window: Vec<_> = s.iter().filter(|x| x.0 >= from && x.0 < to).collect();
+    assert!(window.len() > 10, "samples in the window");
+    let mut last_change = window[0].0;
+    let mut last_frames = window[0].1;
+    let mut worst = 0;
+    for x in &window {
+        if x.1 != last_frames {
+            last_change = x.0;
+            last_frames = x.1;
+        }
+        worst = worst.max(x.0 - last_change);
+    }
+    (worst, window.last().unwrap().1 - window[0].1)
+}
+
+fn peer(stat: &Value, id: u64) -> Option<&Value> {
+    stat["outputs"][0]["peers"]
+        .as_array()?
+        .iter()
+        .find(|p| p["id"] == id)
+}
+
+/// The stats line castline printed last (its `time_s` is when something happened).
+fn last_time_s(serve: &Serve) -> f64 {
+    json_stats(&serve.log())
+        .last()
+        .and_then(|s| s["time_s"].as_f64())
+        .unwrap_or(0.0)
+}
+
+fn wait_log(serve: &Serve, what: &str, n: usize, timeout: Duration) {
+    let t0 = Instant::now();
+    while serve.log().matches(what).count() < n {
+        assert!(
+            t0.elapsed() < timeout,
+            "no {what} ×{n} in time:\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The scenario: 5 Mbit/s share, one viewer capped at 1.5 Mbit/s mid-run, another
+/// uncapped, and a recording. The capped viewer keeps decoding (no stall over 1 s once adapted)
+/// and castline sends it less than the cap within 5 s; the cap lifted, it is back over 4 Mbit/s
+/// within 15 s. The uncapped viewer and the recording keep their bitrate and size throughout.
+#[test]
+fn capped_viewer_adapts_and_degrades_nothing_else() {
+    let net = NetPair::create("adapt");
+    let dir = tmpdir("adapt-capped");
+    let rec = dir.join("rec.mp4");
+    let mut cmd = NetPair::cmd(&net.a, CASTLINE);
+    let listen = format!("{NET_A}:{}", free_port());
+    let serve = Serve::start_at(
+        "adapt-capped-serve",
+        &mut cmd,
+        &listen,
+        &[
+            "--source",
+            "testsrc:noise",
+            "--size",
+            "1280x720",
+            "--fps",
+            "30",
+            "--bitrate",
+            "5M",
+            "--audio",
+            "none",
+            "--stats",
+            "json",
+            "-o",
+            rec.to_str().unwrap(),
+        ],
+    );
+    let url = serve.url.clone();
+    const SECONDS: u64 = 50;
+    // Viewer 1: behind the capped link (namespace B). Viewer 2: castline's own namespace.
+    let plan = |id: &str| {
+        json!([
+            {"op": "open", "id": id, "url": url},
+            {"op": "wait_frames", "id": id, "n": 30, "timeout_ms": 15000},
+            {"op": "monitor", "id": id, "seconds": SECONDS},
+        ])
+    };
+    let (p1, p2) = (plan("capped"), plan("free"));
+    let b = net.b.clone();
+    let capped = std::thread::spawn(move || browser_with(NetPair::cmd(&b, "node"), p1));
+    wait_log(&serve, "peer_connected", 1, Duration::from_secs(30));
+    let a = net.a.clone();
+    let free = std::thread::spawn(move || browser_with(NetPair::cmd(&a, "node"), p2));
+    wait_log(&serve, "peer_connected", 2, Duration::from_secs(30));
+
+    // Both watch at full rate for a while, then the cap, then the cap lifted.
+    std::thread::sleep(Duration::from_secs(8));
+    let (cap_ms, cap_s) = (unix_ms(), last_time_s(&serve));
+    net.cap("1.5mbit");
+    std::thread::sleep(Duration::from_secs(20));
+    let (lift_ms, lift_s) = (unix_ms(), last_time_s(&serve));
+    net.uncap();
+    let capped = capped.join().unwrap();
+    let free = free.join().unwrap();
+    let log = serve.stop();
+    let stats = json_stats(&log);
+    eprintln!("cap at {cap_s} s, lifted at {lift_s} s");
+    for s in &stats {
+        let p = |id| {
+            peer(s, id).map(|p| {
+                format!(
+                    "{} kbps target {} est {} tier {}",
+                    p["bitrate_kbps"], p["target_kbps"], p["estimate_kbps"], p["tier"]
+                )
+            })
+        };
+        eprintln!(
+            "t={} capped: {:?} | free: {:?} | low tier: {}",
+            s["time_s"],
+            p(1),
+            p(2),
+            s["adaptation"]["low_tier"]
+        );
+    }
+
+    // Sent to the capped viewer: under the cap within 5 s.
+    let sent = |id, s: &Value| {
+        peer(s, id)
+            .and_then(|p| p["bitrate_kbps"].as_f64())
+            .unwrap_or(0.0)
+    };
+    let adapted_at = stats
+        .iter()
+        .filter(|s| {
+            let t = s["time_s"].as_f64().unwrap();
+            t > cap_s + 1.0 && t < lift_s
+        })
+        .find(|s| sent(1, s) < 1500.0)
+        .and_then(|s| s["time_s"].as_f64())
+        .expect("the capped viewer's rate came under the cap");
+    assert!(
+        adapted_at - cap_s <= 5.0,
+        "adapted {:.1} s after the cap",
+        adapted_at - cap_s
+    );
+    assert!(
+        log.contains("\"degraded\"") || log.contains("degraded"),
+        "{log}"
+    );
+
+    // The capped viewer decodes throughout the cap once adapted: no stall over 1 s.
+    let s1 = series(&capped, "capped");
+    let (stall, frames) = longest_stall(&s1, cap_ms + 5000, lift_ms);
+    let capped_secs = (lift_ms - cap_ms - 5000) as f64 / 1000.0;
+    eprintln!(
+        "capped viewer: longest stall {stall} ms, {:.1} fps while capped",
+        frames as f64 / capped_secs
+    );
+    assert!(stall <= 1000, "stall of {stall} ms while capped");
+    assert!(
+        frames as f64 / capped_secs >= 10.0,
+        "{frames} frames in {capped_secs} s"
+    );
+
+    // Recovery: ≥ 4 Mbit/s again within 15 s of lifting the cap, and `recovered`.
+    let recovered_at = stats
+        .iter()
+        .filter(|s| s["time_s"].as_f64().unwrap() > lift_s)
+        .find(|s| sent(1, s) >= 4000.0)
+        .and_then(|s| s["time_s"].as_f64())
+        .expect("the viewer's rate came back over 4 Mbit/s");
+    assert!(
+        recovered_at - lift_s <= 15.0,
+        "recovered {:.1} s after the cap was lifted",
+        recovered_at - lift_s
+    );
+    assert!(log.contains("recovered"), "{log}");
+
+    // The uncapped viewer: full size and over 4 Mbit/s every second of the run after joining,
+    // no stall, tier 0 throughout.
+    let s2 = series(&free, "free");
+    let (stall2, _) = longest_stall(&s2, s2[0].0, s2.last().unwrap().0);
+    assert!(stall2 <= 500, "uncapped viewer stalled {stall2} ms");
+    assert!(
+        s2.iter().skip(10).all(|x| (x.2, x.3) == (1280, 720)),
+        "uncapped viewer kept 1280x720"
+    );
+    let joined = stats
+        .iter()
+        .position(|s| peer(s, 2).is_some_and(|p| p["connected"] == true))
+        .unwrap();
+    for s in &stats[joined + 3..stats.len().saturating_sub(2)] {
+        let p = peer(s, 2).unwrap();
+        assert_eq!(p["tier"], 0, "uncapped viewer on the main tier: {s}");
+        assert!(sent(2, s) >= 4000.0, "uncapped viewer's rate: {s}");
+    }
+
+    // The recording: full size and the configured bitrate every second, capped or not.
+    let probe = probe(&rec);
+    assert_eq!((probe.width, probe.height), (1280, 720));
+    let pkts = probe_stream(&rec, "v:0", "packet=pts_time,size");
+    let mut per_s = std::collections::BTreeMap::<u64, u64>::new();
+    for line in pkts {
+        let mut f = line.split(',');
+        let (Some(t), Some(sz)) = (f.next(), f.next()) else {
+            continue;
+        };
+        let (Ok(t), Ok(sz)) = (t.parse::<f64>(), sz.parse::<u64>()) else {
+            continue;
+        };
+        *per_s.entry(t as u64).or_default() += sz;
+    }
+    let secs: Vec<u64> = per_s.values().copied().collect();
+    for (i, bytes) in secs
+        .iter()
+        .enumerate()
+        .skip(2)
+        .take(secs.len().saturating_sub(4))
+    {
+        let kbps = *bytes as f64 * 8.0 / 1000.0;
+        assert!(kbps >= 3500.0, "recording second {i}: {kbps} kbit/s");
+    }
+    assert_eq!(
+        probe_entries(&rec, "stream=width,height")
+            .iter()
+            .filter(|l| !l.is_empty())
+            .count(),
+        1,
+        "one video stream, one size"
+    );
+}

@@ -1,0 +1,381 @@
+//! The encode stage's tiers: the main encode (configured size, rate and bitrate; recordings
+//! always take it) and, only while some live sink cannot take that, a lower one whose size,
+//! frame rate and bitrate follow the lowest such sink's target through the ladder (`adapt`).
+//!
+//! Each tier converts the captured picture into its own encoder's planes (scaled when its size
+//! differs) and encodes only the frames its frame rate keeps. Under CPU pressure the main tier's
+//! ladder lowers the frame rate of every tier (never the main tier's size: recordings keep it).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::adapt::ladder::Change;
+use crate::adapt::tier::{LOW, MAIN};
+use crate::adapt::{AdaptConfig, Ladder, LadderConfig, Level, Reason, TierDemand};
+use crate::capture::VideoFrame;
+use crate::convert::Converter;
+use crate::encode::{self, EncodedPacket, EncoderKind, EncoderSettings, VideoEncoder};
+use crate::error::Result;
+
+/// How long the low tier keeps running after its last sink left it (no churn on a flapping link).
+const LOW_LINGER: Duration = Duration::from_secs(2);
+
+/// The `adaptation` block of the stats.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct AdaptationReport {
+    /// The main tier's level (0 = as configured; only CPU pressure lowers it).
+    pub level: u8,
+    pub fps: u32,
+    pub width: u32,
+    pub height: u32,
+    /// What holds the main tier down (`cpu`), or null.
+    pub reason: Option<Reason>,
+    /// Share of the last second the encode thread spent converting and encoding.
+    pub encode_load: f64,
+    /// The lower tier, while some live sink takes it.
+    pub low_tier: Option<LowTierReport>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LowTierReport {
+    pub level: u8,
+    pub fps: u32,
+    pub width: u32,
+    pub height: u32,
+    pub target_kbps: f64,
+    pub reason: Option<Reason>,
+}
+
+struct Tier {
+    layer: u8,
+    encoder: Box<dyn VideoEncoder>,
+    converter: Converter,
+    converted: Option<u64>,
+    /// Frame rate this tier keeps of the captured frames.
+    fps: u32,
+    /// pts (µs) from which the next frame is due.
+    next_due: i64,
+    keyframe_pending: bool,
+    /// Skipped frames since it last encoded: it restarts on a keyframe.
+    idle: bool,
+}
+
+impl Tier {
+    fn new(layer: u8, encoder: Box<dyn VideoEncoder>, fps: u32) -> Self {
+        let (w, h) = (encoder.info().width, encoder.info().height);
+        Self {
+            layer,
+            encoder,
+            converter: Converter::new(w, h),
+            converted: None,
+            fps,
+            next_due: i64::MIN,
+            keyframe_pending: false,
+            idle: false,
+        }
+    }
+
+    fn size(&self) -> (u32, u32) {
+        (self.encoder.info().width, self.encoder.info().height)
+    }
+
+    /// Whether the frame at `pts` is one this tier keeps (`capture_us`: the capture interval).
+    fn due(&mut self, pts: i64, capture_us: i64) -> bool {
+        if pts + capture_us / 2 < self.next_due {
+            return false;
+        }
+        let interval = 1_000_000 / self.fps.max(1) as i64;
+        self.next_due = if self.next_due == i64::MIN || pts - self.next_due > interval {
+            pts + interval
+        } else {
+            self.next_due + interval
+        };
+        true
+    }
+
+    fn encode(&mut self, frame: &VideoFrame, out: &mut Vec<EncodedPacket>) -> Result<()> {
+        if self.converted != Some(frame.content_id) {
+            self.converter
+                .convert(&frame.picture, self.encoder.input()?)?;
+            self.converted = Some(frame.content_id);
+        }
+        let force = std::mem::take(&mut self.keyframe_pending) || std::mem::take(&mut self.idle);
+        let start = out.len();
+        self.encoder.encode(frame.pts_us, force, out)?;
+        for p in &mut out[start..] {
+            p.layer = self.layer;
+        }
+        Ok(())
+    }
+}
+
+/// Every tier of the encode stage, and the policy that starts, sizes and stops them.
+pub struct Tiers {
+    adapt: AdaptConfig,
+    settings: EncoderSettings,
+    capture_fps: u32,
+    main: Tier,
+    main_ladder: Ladder,
+    low: Option<Tier>,
+    low_ladder: Ladder,
+    low_target: Option<(u64, Reason)>,
+    low_unused_since: Option<Instant>,
+    busy_us: u64,
+    window_start: Instant,
+    evictions_seen: u64,
+    report: Arc<Mutex<AdaptationReport>>,
+}
+
+impl Tiers {
+    pub fn new(
+        encoder: Box<dyn VideoEncoder>,
+        settings: EncoderSettings,
+        adapt: AdaptConfig,
+        capture_fps: u32,
+        report: Arc<Mutex<AdaptationReport>>,
+    ) -> Self {
+        let (w, h) = (encoder.info().width, encoder.info().height);
+        let ladder = |allow_resize| {
+            Ladder::new(LadderConfig {
+                width: w,
+                height: h,
+                fps: capture_fps,
+                min_fps: adapt.min_fps,
+                min_height: adapt.min_height.min(h),
+                allow_resize,
+            })
+        };
+        let main_ladder = ladder(false);
+        let low_ladder = ladder(true);
+        let tiers = Self {
+            main: Tier::new(MAIN, encoder, capture_fps),
+            main_ladder,
+            low: None,
+            low_ladder,
+            low_target: None,
+            low_unused_since: None,
+            adapt,
+            settings,
+            capture_fps,
+            busy_us: 0,
+            window_start: Instant::now(),
+            evictions_seen: 0,
+            report,
+        };
+        tiers.publish(0.0);
+        tiers
+    }
+
+    pub fn main_encoder(&self) -> &dyn VideoEncoder {
+        self.main.encoder.as_ref()
+    }
+
+    /// Ask every tier for a keyframe at its next frame.
+    pub fn request_keyframe(&mut self, layer: Option<u8>) {
+        if layer.is_none_or(|l| l == MAIN) {
+            self.main.keyframe_pending = true;
+        }
+        if let Some(low) = &mut self.low {
+            if layer.is_none_or(|l| l == LOW) {
+                low.keyframe_pending = true;
+            }
+        }
+    }
+
+    /// Read what the outputs ask for and start, resize, re-rate or stop the low tier.
+    pub fn plan(&mut self, now: Instant, demands: &[&TierDemand]) -> Result<()> {
+        if !self.adapt.enabled {
+            return Ok(());
+        }
+        let low = demands
+            .iter()
+            .filter_map(|d| d.low())
+            .min_by_key(|(bps, _)| *bps);
+        self.low_target = low;
+        match low {
+            Some((bps, reason)) => {
+                self.low_unused_since = None;
+                if let Some(c) = self.low_ladder.on_target(now, bps, reason) {
+                    log_change("low", &c);
+                }
+                self.fit_low_tier(bps)?;
+            }
+            None if self.low.is_some() => {
+                let since = *self.low_unused_since.get_or_insert(now);
+                if now.duration_since(since) >= LOW_LINGER {
+                    self.low = None;
+                    self.low_ladder = Ladder::new(self.low_ladder_config());
+                    self.low_unused_since = None;
+                    tracing::info!(tier = "low", "tier_stopped");
+                }
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    fn low_ladder_config(&self) -> LadderConfig {
+        let info = self.main.encoder.info();
+        LadderConfig {
+            width: info.width,
+            height: info.height,
+            fps: self.capture_fps,
+            min_fps: self.adapt.min_fps,
+            min_height: self.adapt.min_height.min(info.height),
+            allow_resize: true,
+        }
+    }
+
+    /// The low tier at the ladder's level and `bps`: opened, reopened at a new size (a keyframe
+    /// with new parameter sets), or re-rated in place.
+    fn fit_low_tier(&mut self, bps: u64) -> Result<()> {
+        let level = self.low_ladder.level();
+        let fps = level.fps.min(self.main_ladder.level().fps);
+        let size = (level.width, level.height);
+        match &mut self.low {
+            Some(t) if t.size() == size => {
+                t.fps = fps;
+                let cur = t.encoder.info().bitrate as f64;
+                if (bps as f64 - cur).abs() > cur * 0.05 {
+                    t.encoder.set_bitrate(bps);
+                }
+            }
+            _ => {
+                let settings = EncoderSettings {
+                    kind: match self.main.encoder.info().encoder_name.as_str() {
+                        "libx264" => EncoderKind::X264,
+                        _ => self.settings.kind,
+                    },
+                    bitrate: bps,
+                    inband_headers: true,
+                    ..self.settings.clone()
+                };
+                let enc = encode::open_video_encoder(&settings, size.0, size.1, fps)?;
+                tracing::info!(
+                    tier = "low",
+                    width = size.0,
+                    height = size.1,
+                    fps,
+                    kbps = bps / 1000,
+                    "tier_started"
+                );
+                self.low = Some(Tier::new(LOW, enc, fps));
+            }
+        }
+        Ok(())
+    }
+
+    /// Encode `frame` on every tier that needs it and keeps it; packets are tagged with their tier.
+    pub fn encode(
+        &mut self,
+        frame: &VideoFrame,
+        main_needed: bool,
+        out: &mut Vec<EncodedPacket>,
+    ) -> Result<()> {
+        let t0 = Instant::now();
+        let capture_us = 1_000_000 / self.capture_fps.max(1) as i64;
+        // The main tier runs unless every sink is on the low tier.
+        let main_needed = main_needed || self.low.is_none();
+        self.main.fps = self.main_ladder.level().fps;
+        if main_needed {
+            if self.main.due(frame.pts_us, capture_us) {
+                self.main.encode(frame, out)?;
+            }
+        } else {
+            self.main.idle = true;
+        }
+        if let Some(low) = &mut self.low {
+            if low.due(frame.pts_us, capture_us) {
+                low.encode(frame, out)?;
+            }
+        }
+        self.busy_us += t0.elapsed().as_micros() as u64;
+        Ok(())
+    }
+
+    /// Once a second: CPU pressure on the ladder, and the stats report. `evictions`: raw frames
+    /// evicted so far.
+    pub fn tick(&mut self, now: Instant, evictions: u64) {
+        let elapsed = now.duration_since(self.window_start);
+        if elapsed < Duration::from_secs(1) {
+            return;
+        }
+        let load = self.busy_us as f64 / elapsed.as_micros().max(1) as f64;
+        let evicting = evictions > self.evictions_seen + 1;
+        self.evictions_seen = evictions;
+        self.busy_us = 0;
+        self.window_start = now;
+        if self.adapt.enabled {
+            if let Some(c) = self.main_ladder.on_cpu(now, load, evicting) {
+                log_change("main", &c);
+            }
+        }
+        self.publish(load);
+    }
+
+    fn publish(&self, load: f64) {
+        let m = self.main_ladder.level();
+        let info = self.main.encoder.info();
+        let report = AdaptationReport {
+            level: m.level,
+            fps: m.fps,
+            width: info.width,
+            height: info.height,
+            reason: self.main_ladder.reason(),
+            encode_load: (load * 100.0).round() / 100.0,
+            low_tier: self.low.as_ref().map(|t| {
+                let l: Level = self.low_ladder.level();
+                LowTierReport {
+                    level: l.level,
+                    fps: t.fps,
+                    width: t.size().0,
+                    height: t.size().1,
+                    target_kbps: (t.encoder.info().bitrate as f64 / 1000.0).round(),
+                    reason: self.low_target.map(|(_, r)| r).or(self.low_ladder.reason()),
+                }
+            }),
+        };
+        *self.report.lock().unwrap_or_else(|p| p.into_inner()) = report;
+    }
+
+    pub fn flush(&mut self, out: &mut Vec<EncodedPacket>) -> Result<()> {
+        self.main.encoder.flush(out)?;
+        if let Some(low) = &mut self.low {
+            let start = out.len();
+            low.encoder.flush(out)?;
+            for p in &mut out[start..] {
+                p.layer = LOW;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn log_change(tier: &'static str, c: &Change) {
+    let (from, to, reason) = (c.from, c.to, c.reason.as_str());
+    if c.degraded() {
+        tracing::warn!(
+            tier,
+            reason,
+            level = to.level,
+            fps = to.fps,
+            width = to.width,
+            height = to.height,
+            from_level = from.level,
+            "degraded"
+        );
+    } else {
+        tracing::info!(
+            tier,
+            reason,
+            level = to.level,
+            fps = to.fps,
+            width = to.width,
+            height = to.height,
+            from_level = from.level,
+            "recovered"
+        );
+    }
+}
