@@ -74,8 +74,14 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const pages = new Map();
 let sharedBrowser = null;
 
-async function launch() {
-  return chromium.launch({ executablePath: '/usr/bin/chromium', args: FLAGS, headless: true });
+// A page served from a namespace address (not loopback) is not a secure context, so it could not
+// call getUserMedia; the tests' own origins are declared trustworthy.
+async function launch(url) {
+  const args = [...FLAGS];
+  if (url && !/^http:\/\/(127\.|localhost)/.test(url)) {
+    args.push('--unsafely-treat-insecure-origin-as-secure=' + new URL(url).origin);
+  }
+  return chromium.launch({ executablePath: '/usr/bin/chromium', args, headless: true });
 }
 
 async function stats(page) {
@@ -167,7 +173,7 @@ async function step(s) {
   switch (s.op) {
     case 'open': {
       // "shared": one browser process for every page that asks (cheaper for many viewers).
-      const browser = s.shared ? (sharedBrowser ||= await launch()) : await launch();
+      const browser = s.shared ? (sharedBrowser ||= await launch()) : await launch(s.url);
       const page = await browser.newPage();
       await page.addInitScript(() => {
         window.castlineBeforeConnect = async () => {

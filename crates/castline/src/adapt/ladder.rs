@@ -24,8 +24,8 @@ const DOWN_AFTER: Duration = Duration::from_millis(500);
 const UP_AFTER: Duration = Duration::from_secs(3);
 const UP_MARGIN: f64 = 1.25;
 const CPU_HOT: f64 = 0.85;
-const CPU_HOT_FOR: Duration = Duration::from_secs(2);
-const CPU_COOL: f64 = 0.6;
+const CPU_HOT_FOR: Duration = Duration::from_secs(3);
+const CPU_COOL: f64 = 0.7;
 const CPU_COOL_FOR: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -386,11 +386,12 @@ mod tests {
         });
         // 60 fps needs 16.7 ms a frame; encoding takes 22 ms.
         assert_eq!(l.on_cpu(t, 1.3, true), None);
-        let c = l.on_cpu(secs(t, 2.0), 1.3, true).unwrap();
+        assert_eq!(l.on_cpu(secs(t, 2.0), 1.3, true), None);
+        let c = l.on_cpu(secs(t, 3.0), 1.3, true).unwrap();
         assert_eq!((c.to.fps, c.reason), (30, Reason::Cpu));
         assert_eq!(l.reason(), Some(Reason::Cpu));
         // At 30 fps the same 22 ms is 0.66 of the interval: it holds, projected 60 fps is 1.3.
-        for s in 3..40 {
+        for s in 4..40 {
             assert_eq!(l.on_cpu(secs(t, s as f64), 0.66, false), None);
         }
         // The machine frees up: 6 ms a frame (0.18 at 30 fps, 0.36 projected at 60).

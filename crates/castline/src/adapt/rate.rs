@@ -93,6 +93,8 @@ pub struct RateController {
     /// When the buffer was last seen above `BUFFER_LOW_MS`.
     buffer_busy_at: Option<Instant>,
     last_buffer_climb: Option<Instant>,
+    /// When the receiver last reported loss above `LOSS_LOW`.
+    last_loss_at: Option<Instant>,
     target: u64,
 }
 
@@ -111,6 +113,7 @@ impl RateController {
             buffer_cap: Cap::open(),
             buffer_busy_at: None,
             last_buffer_climb: None,
+            last_loss_at: None,
             target: cfg.max_bps,
         }
     }
@@ -146,6 +149,13 @@ impl RateController {
             .map(|(_, r)| *r)
     }
 
+    /// Whether the receiver reported loss within `window`: congestion confirmed, not only a
+    /// delay the estimator read as congestion (a CPU stall delays packets too).
+    pub fn loss_within(&self, now: Instant, window: Duration) -> bool {
+        self.last_loss_at
+            .is_some_and(|t| now.duration_since(t) <= window)
+    }
+
     pub fn on_feedback(&mut self, now: Instant, fb: Feedback) {
         match fb {
             Feedback::Estimate { bps } => {
@@ -170,6 +180,9 @@ impl RateController {
 
     fn on_loss(&mut self, now: Instant, fraction: f64) {
         let fraction = fraction.clamp(0.0, 1.0);
+        if fraction >= LOSS_LOW {
+            self.last_loss_at = Some(now);
+        }
         let current = self.loss_cap.bps.min(self.target as f64);
         if fraction > LOSS_HIGH {
             self.loss_cap

@@ -6,6 +6,7 @@
 //! changes tier only at a keyframe of the tier it moves to.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::time::{Duration, Instant};
 
 use super::Reason;
 
@@ -13,6 +14,17 @@ use super::Reason;
 const LOW_BELOW: f64 = 0.85;
 /// …and it takes the main tier again from this share on.
 const MAIN_ABOVE: f64 = 0.95;
+
+/// How long a target must stay on the other side of a threshold before the sink moves: an
+/// estimate dips when a viewer joins or a keyframe bursts, and a move costs a keyframe.
+const DOWN_AFTER: Duration = Duration::from_millis(1000);
+/// A lower estimate without loss (delay only) must last longer: a CPU stall or a viewer joining
+/// delays packets too, and GCC's estimate climbs back only slowly once lowered.
+const DOWN_WITHOUT_LOSS_AFTER: Duration = Duration::from_secs(3);
+/// Under this share of the main tier's rate, with loss, the path is plainly congested: move at
+/// once.
+const SEVERE_BELOW: f64 = 0.6;
+const UP_AFTER: Duration = Duration::from_secs(2);
 
 pub const MAIN: u8 = 0;
 pub const LOW: u8 = 1;
@@ -59,17 +71,61 @@ impl TierSwitch {
     }
 
     /// Whether a video packet of `layer` goes to this sink; switches at the new tier's keyframe.
+    /// Moving down, the old tier stops at once: the path cannot carry it, and what is sent now
+    /// only queues in front of the keyframe that is on its way.
     pub fn accept(&mut self, layer: u8, keyframe: bool) -> bool {
         if keyframe && self.pending == Some(layer) {
             self.current = layer;
             self.pending = None;
         }
-        layer == self.current
+        let moving_down = self.pending.is_some_and(|p| p > self.current);
+        layer == self.current && !moving_down
     }
 
     /// The tiers this sink needs encoded (both while it switches).
     pub fn needs(&self, tier: u8) -> bool {
         self.current == tier || self.pending == Some(tier)
+    }
+}
+
+/// One sink's tier over time: [`choose`] with a time hysteresis on top.
+#[derive(Debug, Clone, Default)]
+pub struct TierChooser {
+    pub switch: TierSwitch,
+    since: Option<Instant>,
+}
+
+impl TierChooser {
+    /// Re-evaluate with the sink's current target, the main tier's rate and whether the receiver
+    /// reported loss lately; returns the tier a switch starts to (the caller asks that tier for
+    /// a keyframe).
+    pub fn update(
+        &mut self,
+        now: Instant,
+        target_bps: u64,
+        main_bps: u64,
+        lossy: bool,
+    ) -> Option<u8> {
+        let heading = self.switch.pending.unwrap_or(self.switch.current);
+        let want = choose(target_bps, main_bps, heading);
+        if want == heading {
+            self.since = None;
+            return None;
+        }
+        let severe = (target_bps as f64) < main_bps as f64 * SEVERE_BELOW;
+        let hold = match want {
+            LOW if severe && lossy => Duration::ZERO,
+            LOW if lossy => DOWN_AFTER,
+            LOW => DOWN_WITHOUT_LOSS_AFTER,
+            _ => UP_AFTER,
+        };
+        let since = *self.since.get_or_insert(now);
+        if now.duration_since(since) < hold {
+            return None;
+        }
+        self.since = None;
+        self.switch.want(want);
+        Some(want)
     }
 }
 
@@ -86,6 +142,10 @@ pub struct TierDemand {
     /// 0 = none.
     target_bps: AtomicU64,
     estimate_bps: AtomicU64,
+    /// What the main tier actually sends, bit/s (0 = not known yet): a sink moves to the low tier
+    /// only when its target is under *this*, not under the configured bitrate — a still or simple
+    /// picture needs far less than configured, and a path that carries it needs no lower tier.
+    main_rate_bps: AtomicU64,
 }
 
 impl TierDemand {
@@ -114,6 +174,18 @@ impl TierDemand {
     pub fn rates(&self) -> (Option<u64>, Option<u64>) {
         let get = |a: &AtomicU64| Some(a.load(Ordering::Relaxed)).filter(|&v| v > 0);
         (get(&self.target_bps), get(&self.estimate_bps))
+    }
+
+    pub fn set_main_rate(&self, bps: u64) {
+        self.main_rate_bps.store(bps, Ordering::Relaxed);
+    }
+
+    /// The main tier's measured rate, or `configured` while it is not known.
+    pub fn main_rate(&self, configured: u64) -> u64 {
+        match self.main_rate_bps.load(Ordering::Relaxed) {
+            0 => configured,
+            b => b.min(configured),
+        }
     }
 
     pub fn main_sinks(&self) -> u32 {
@@ -164,18 +236,55 @@ mod tests {
     }
 
     #[test]
+    fn moves_only_after_sustained_pressure() {
+        let t = Instant::now();
+        let ms = |m| t + Duration::from_millis(m);
+        let mut c = TierChooser::default();
+        let main = 5_000_000;
+        // A dip of 800 ms (a viewer joining, a keyframe burst) moves nothing.
+        assert_eq!(c.update(t, 3_500_000, main, true), None);
+        assert_eq!(c.update(ms(800), 3_500_000, main, true), None);
+        assert_eq!(c.update(ms(900), 5_000_000, main, true), None);
+        assert_eq!(c.update(ms(1500), 3_500_000, main, true), None);
+        // Sustained for a second, with loss: to the low tier.
+        assert_eq!(c.update(ms(2400), 3_500_000, main, true), None);
+        assert_eq!(c.update(ms(2500), 3_500_000, main, true), Some(LOW));
+        assert_eq!(c.switch.pending, Some(LOW));
+        // Back only after 2 s at 95 % or more.
+        assert_eq!(c.update(ms(4000), 4_800_000, main, false), None);
+        assert_eq!(c.update(ms(5000), 4_800_000, main, false), None);
+        assert_eq!(c.update(ms(6000), 4_800_000, main, false), Some(MAIN));
+        // A plainly congested path (far under, with loss) moves at once…
+        assert_eq!(c.update(ms(6100), 1_000_000, main, true), Some(LOW));
+        // …a delay-only drop (no loss) only after 3 s.
+        let mut c = TierChooser::default();
+        assert_eq!(c.update(t, 1_000_000, main, false), None);
+        assert_eq!(c.update(ms(2900), 1_000_000, main, false), None);
+        assert_eq!(c.update(ms(3000), 1_000_000, main, false), Some(LOW));
+        // A simple picture needs less than configured: the measured main rate decides.
+        let mut c = TierChooser::default();
+        assert_eq!(c.update(t, 2_000_000, 800_000, true), None);
+        assert_eq!(c.update(ms(5000), 2_000_000, 800_000, true), None);
+    }
+
+    #[test]
     fn switches_only_at_a_keyframe_of_the_new_tier() {
         let mut s = TierSwitch::default();
         assert!(s.want(LOW));
         assert!(!s.want(LOW), "one keyframe request per switch");
         assert!(s.needs(MAIN) && s.needs(LOW));
-        assert!(s.accept(MAIN, false), "keeps the old tier until then");
-        assert!(!s.accept(LOW, false));
-        assert!(!s.accept(MAIN, true) || s.current == MAIN);
+        assert!(!s.accept(MAIN, false), "moving down, the old tier stops at once");
+        assert!(!s.accept(LOW, false), "the new tier starts at its keyframe");
         assert!(s.accept(LOW, true));
         assert_eq!(s.current, LOW);
         assert!(!s.accept(MAIN, false));
         assert!(!s.needs(MAIN));
+        // Moving up, the old tier plays until the new one's keyframe.
+        assert!(s.want(MAIN));
+        assert!(s.accept(LOW, false));
+        assert!(!s.accept(MAIN, false));
+        assert!(s.accept(MAIN, true));
+        assert!(!s.accept(LOW, false));
     }
 
     #[test]

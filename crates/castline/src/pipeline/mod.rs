@@ -792,7 +792,11 @@ fn run_encode(
                 tracing::info!(encode_ms = us as f64 / 1000.0, "first_frame_encoded");
             }
             fan_out(&mut packets, counters, outputs, &mut routes, keyframe);
-            tiers.tick(Instant::now(), raw.dropped());
+            if let Some(main_bps) = tiers.tick(Instant::now(), raw.dropped()) {
+                for o in outputs {
+                    o.demand.set_main_rate(main_bps);
+                }
+            }
             if outputs.iter().all(|o| o.failed.load(Ordering::Relaxed)) {
                 stop.store(true, Ordering::SeqCst);
             }

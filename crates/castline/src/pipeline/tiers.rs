@@ -55,6 +55,8 @@ struct Tier {
     converted: Option<u64>,
     /// Frame rate this tier keeps of the captured frames.
     fps: u32,
+    /// The bitrate this tier should produce, bit/s.
+    target_bps: u64,
     /// pts (µs) from which the next frame is due.
     next_due: i64,
     keyframe_pending: bool,
@@ -71,6 +73,7 @@ impl Tier {
             converter: Converter::new(w, h),
             converted: None,
             fps,
+            target_bps: 0,
             next_due: i64::MIN,
             keyframe_pending: false,
             idle: false,
@@ -79,6 +82,22 @@ impl Tier {
 
     fn size(&self) -> (u32, u32) {
         (self.encoder.info().width, self.encoder.info().height)
+    }
+
+    /// Keep `fps` of the captured frames at `bps`. x264's rate control budgets bits per frame
+    /// at the rate it was opened with, so a tier that keeps fewer frames asks it for more.
+    fn set_rate(&mut self, fps: u32, bps: u64) {
+        if (fps, bps) == (self.fps, self.target_bps) {
+            return;
+        }
+        let open_fps = self.encoder.info().fps.max(1) as u64;
+        let want = bps * open_fps / fps.max(1) as u64;
+        let cur = self.encoder.info().bitrate as f64;
+        if (want as f64 - cur).abs() > cur * 0.05 || fps != self.fps {
+            self.encoder.set_bitrate(want);
+        }
+        self.fps = fps;
+        self.target_bps = bps;
     }
 
     /// Whether the frame at `pts` is one this tier keeps (`capture_us`: the capture interval).
@@ -123,6 +142,9 @@ pub struct Tiers {
     low_target: Option<(u64, Reason)>,
     low_unused_since: Option<Instant>,
     busy_us: u64,
+    /// Main-tier bytes in this window, and its rate over the last two windows.
+    main_bytes: u64,
+    main_rates: [u64; 2],
     window_start: Instant,
     evictions_seen: u64,
     report: Arc<Mutex<AdaptationReport>>,
@@ -160,6 +182,8 @@ impl Tiers {
             settings,
             capture_fps,
             busy_us: 0,
+            main_bytes: 0,
+            main_rates: [0; 2],
             window_start: Instant::now(),
             evictions_seen: 0,
             report,
@@ -235,13 +259,7 @@ impl Tiers {
         let fps = level.fps.min(self.main_ladder.level().fps);
         let size = (level.width, level.height);
         match &mut self.low {
-            Some(t) if t.size() == size => {
-                t.fps = fps;
-                let cur = t.encoder.info().bitrate as f64;
-                if (bps as f64 - cur).abs() > cur * 0.05 {
-                    t.encoder.set_bitrate(bps);
-                }
-            }
+            Some(t) if t.size() == size => t.set_rate(fps, bps),
             _ => {
                 let settings = EncoderSettings {
                     kind: match self.main.encoder.info().encoder_name.as_str() {
@@ -261,7 +279,9 @@ impl Tiers {
                     kbps = bps / 1000,
                     "tier_started"
                 );
-                self.low = Some(Tier::new(LOW, enc, fps));
+                let mut tier = Tier::new(LOW, enc, fps);
+                tier.target_bps = bps;
+                self.low = Some(tier);
             }
         }
         Ok(())
@@ -278,10 +298,16 @@ impl Tiers {
         let capture_us = 1_000_000 / self.capture_fps.max(1) as i64;
         // The main tier runs unless every sink is on the low tier.
         let main_needed = main_needed || self.low.is_none();
-        self.main.fps = self.main_ladder.level().fps;
+        let main_fps = self.main_ladder.level().fps;
+        self.main.set_rate(main_fps, self.settings.bitrate);
         if main_needed {
             if self.main.due(frame.pts_us, capture_us) {
+                let start = out.len();
                 self.main.encode(frame, out)?;
+                self.main_bytes += out[start..]
+                    .iter()
+                    .map(|p| p.data.len() as u64)
+                    .sum::<u64>();
             }
         } else {
             self.main.idle = true;
@@ -295,13 +321,22 @@ impl Tiers {
         Ok(())
     }
 
-    /// Once a second: CPU pressure on the ladder, and the stats report. `evictions`: raw frames
-    /// evicted so far.
-    pub fn tick(&mut self, now: Instant, evictions: u64) {
+    /// Once a second: CPU pressure on the ladder, and the stats report; returns the main tier's
+    /// send rate (the higher of the last two seconds, so a keyframe-free second does not look
+    /// like spare capacity; the configured bitrate while the main tier was idle). `evictions`:
+    /// raw frames evicted so far.
+    pub fn tick(&mut self, now: Instant, evictions: u64) -> Option<u64> {
         let elapsed = now.duration_since(self.window_start);
         if elapsed < Duration::from_secs(1) {
-            return;
+            return None;
         }
+        let rate = if self.main.idle {
+            self.settings.bitrate
+        } else {
+            (self.main_bytes as f64 * 8.0 / elapsed.as_secs_f64()) as u64
+        };
+        self.main_rates = [self.main_rates[1], rate];
+        self.main_bytes = 0;
         let load = self.busy_us as f64 / elapsed.as_micros().max(1) as f64;
         let evicting = evictions > self.evictions_seen + 1;
         self.evictions_seen = evictions;
@@ -313,6 +348,7 @@ impl Tiers {
             }
         }
         self.publish(load);
+        Some(self.main_rates[0].max(self.main_rates[1]).max(1))
     }
 
     fn publish(&self, load: f64) {
@@ -332,7 +368,7 @@ impl Tiers {
                     fps: t.fps,
                     width: t.size().0,
                     height: t.size().1,
-                    target_kbps: (t.encoder.info().bitrate as f64 / 1000.0).round(),
+                    target_kbps: (t.target_bps as f64 / 1000.0).round(),
                     reason: self.low_target.map(|(_, r)| r).or(self.low_ladder.reason()),
                 }
             }),

@@ -25,7 +25,7 @@ use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 
-use crate::adapt::tier::{self, TierSwitch};
+use crate::adapt::tier::{self, TierChooser};
 use crate::adapt::{Feedback, RateConfig, RateController, TierDemand};
 use crate::encode::{EncodedPacket, MediaKind as PacketKind};
 use crate::pipeline::clock::MediaClock;
@@ -410,7 +410,10 @@ struct Peer {
     rate: Option<RateController>,
     /// Whether TWCC feedback drives the estimate (else RTCP loss does, with REMB).
     twcc: bool,
-    tier: TierSwitch,
+    tier: TierChooser,
+    /// When ICE+DTLS connected: the first seconds' estimate says more about the join (a
+    /// keyframe burst, the estimator's start) than about the path.
+    connected_at: Option<Instant>,
 }
 
 struct HubCore {
@@ -634,7 +637,8 @@ impl HubCore {
             last_peer_stats: None,
             rate: self.cfg.adapt.map(|a| RateController::new(a.rate)),
             twcc: false,
-            tier: TierSwitch::default(),
+            tier: TierChooser::default(),
+            connected_at: None,
         };
         self.peers.insert(id, peer);
         tracing::info!(hub = %self.cfg.name, peer = id, via, "peer_added");
@@ -766,17 +770,14 @@ impl HubCore {
         match e {
             Event::Connected => {
                 p.connected = true;
+                p.connected_at = Some(now);
                 p.report.connected = true;
                 tracing::info!(hub = %self.cfg.name, peer = id, via = p.via, "peer_connected");
                 p.wants_keyframe = true;
                 if let Some(a) = self.cfg.adapt {
-                    // Probe up to a little over what the main encode needs, so a peer on the
-                    // low tier finds out when its path can take the main one again.
-                    let desired =
-                        (a.rate.max_bps as f64 / crate::adapt::rate::ESTIMATE_SHARE * 1.15) as u64;
                     p.rtc.bwe().set_bitrate(
                         str0m::bwe::Bitrate::bps(a.rate.min_bps),
-                        str0m::bwe::Bitrate::bps(desired),
+                        str0m::bwe::Bitrate::bps(desired_bps(&a)),
                     );
                 }
                 let wants_video = p.video.is_some();
@@ -812,11 +813,9 @@ impl HubCore {
             Event::PeerStats(s) => {
                 p.report.rtt_ms = s.rtt.map(|d| d.as_secs_f64() * 1000.0);
                 p.report.loss = s.egress_loss_fraction.map(f64::from);
-                // Without TWCC (str0m's estimator already weighs loss), loss drives the rate.
-                if let (Some(l), false) = (s.egress_loss_fraction, p.twcc) {
-                    self.on_feedback(id, now, Feedback::Loss { fraction: l as f64 });
-                    return;
-                }
+                // Receiver reports' loss caps the rate too (GCC takes the lower of its delay-
+                // and loss-based estimates; str0m's TWCC estimate reacts to loss more slowly).
+                let loss = s.egress_loss_fraction;
                 if let Some((t, b)) = p.last_peer_stats {
                     let dt = s.timestamp.saturating_duration_since(t).as_secs_f64();
                     if dt > 0.0 {
@@ -826,6 +825,9 @@ impl HubCore {
                 }
                 p.last_peer_stats = Some((s.timestamp, s.bytes_tx));
                 p.report.bytes_sent = s.bytes_tx;
+                if let Some(l) = loss {
+                    self.on_feedback(id, now, Feedback::Loss { fraction: l as f64 });
+                }
             }
             Event::MediaEgressStats(s) => {
                 // Cumulative per track: keep the video track's feedback counters.
@@ -845,8 +847,7 @@ impl HubCore {
         }
     }
 
-    /// Feed a peer's rate controller; move the peer to the tier its target allows (at that
-    /// tier's next keyframe, which is asked for now).
+    /// Feed a peer's rate controller, then re-evaluate its tier.
     fn on_feedback(&mut self, id: PeerId, now: Instant, fb: Feedback) {
         let Some(p) = self.peers.get_mut(&id) else {
             return;
@@ -855,31 +856,40 @@ impl HubCore {
             return;
         };
         rate.on_feedback(now, fb);
-        let target = rate.target_bps();
-        p.report.target_kbps = Some(kbps(target));
+        p.report.target_kbps = Some(kbps(rate.target_bps()));
         p.report.estimate_kbps = rate.estimate_bps().map(kbps);
-        let heading = p.tier.pending.unwrap_or(p.tier.current);
-        let want = tier::choose(target, rate.config().max_bps, heading);
-        if want != heading && p.video.is_some() {
-            let reason = rate.limited_by().unwrap_or(crate::adapt::Reason::Bandwidth);
-            p.tier.want(want);
-            let (event, level) = if want == tier::LOW {
-                ("degraded", "low")
-            } else {
-                ("recovered", "main")
-            };
-            if want == tier::LOW {
-                tracing::warn!(hub = %self.cfg.name, peer = id, reason = reason.as_str(), tier = level, target_kbps = target / 1000, "degraded");
-            } else {
-                tracing::info!(hub = %self.cfg.name, peer = id, reason = reason.as_str(), tier = level, target_kbps = target / 1000, "recovered");
-            }
-            let _ = event;
-            self.update_demand();
-            self.gate.request(now, "tier_switch", id);
-        } else if p.tier.needs(tier::LOW) {
-            // The low tier follows the lowest target of its peers.
-            self.update_demand();
+        self.choose_tier(id, now);
+    }
+
+    /// Move a peer to the tier its target allows (at that tier's next keyframe, asked for now).
+    /// Called on feedback and every report interval, so a steady estimate still moves it.
+    fn choose_tier(&mut self, id: PeerId, now: Instant) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let (Some(rate), true) = (&p.rate, p.video.is_some()) else {
+            return;
+        };
+        let target = rate.target_bps();
+        let main_rate = self.demand.main_rate(rate.config().max_bps);
+        let reason = rate.limited_by().unwrap_or(crate::adapt::Reason::Bandwidth);
+        let joining = p
+            .connected_at
+            .is_none_or(|t| now.duration_since(t) < JOIN_GRACE);
+        if joining && reason != crate::adapt::Reason::Loss {
+            return;
         }
+        let lossy = rate.loss_within(now, Duration::from_secs(2));
+        if let Some(want) = p.tier.update(now, target, main_rate, lossy) {
+            let (reason, target_kbps) = (reason.as_str(), target / 1000);
+            if want == tier::LOW {
+                tracing::warn!(hub = %self.cfg.name, peer = id, reason, tier = "low", target_kbps, "degraded");
+            } else {
+                tracing::info!(hub = %self.cfg.name, peer = id, reason, tier = "main", target_kbps, "recovered");
+            }
+            self.gate.request(now, "tier_switch", id);
+        }
+        self.update_demand();
     }
 
     /// Tell the encode stage what this hub's peers need: how many take the main tier, and the
@@ -892,7 +902,7 @@ impl HubCore {
             tier::summarize(self.peers.values().filter(|p| p.video.is_some()).map(|p| {
                 let rate = p.rate.as_ref();
                 (
-                    &p.tier,
+                    &p.tier.switch,
                     rate.map(|r| r.target_bps()).unwrap_or(u64::MAX),
                     rate.and_then(|r| r.limited_by()),
                 )
@@ -917,8 +927,8 @@ impl HubCore {
                 continue;
             };
             if video {
-                let switching = p.tier.pending == Some(pkt.layer) && pkt.keyframe;
-                if !p.tier.accept(pkt.layer, pkt.keyframe) {
+                let switching = p.tier.switch.pending == Some(pkt.layer) && pkt.keyframe;
+                if !p.tier.switch.accept(pkt.layer, pkt.keyframe) {
                     continue;
                 }
                 if switching {
@@ -1016,6 +1026,10 @@ impl HubCore {
 
     fn publish_reports(&mut self, now: Instant) {
         self.last_report = now;
+        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        for id in ids {
+            self.choose_tier(id, now);
+        }
         self.update_demand();
         let mut out: Vec<PeerReport> = self.peers.values().map(|p| p.report.clone()).collect();
         out.sort_by_key(|r| r.id);
@@ -1085,4 +1099,14 @@ fn add_track(p: &mut Peer, mid: Mid, kind: MediaKind, direction: Direction) {
 
 fn kbps(bps: u64) -> f64 {
     (bps as f64 / 100.0).round() / 10.0
+}
+
+/// For this long after a peer connects only loss (not the delay-based estimate) moves it to the
+/// low tier.
+const JOIN_GRACE: Duration = Duration::from_secs(4);
+
+/// What a peer's estimator probes up to: a little over what the main tier needs, so a peer on
+/// the low tier finds out when its path carries the main tier again.
+fn desired_bps(a: &PeerAdapt) -> u64 {
+    (a.rate.max_bps as f64 / crate::adapt::rate::ESTIMATE_SHARE * 1.15) as u64
 }
