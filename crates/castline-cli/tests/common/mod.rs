@@ -716,6 +716,9 @@ pub struct Serve {
     pub token: String,
     pub log: PathBuf,
     pub proc: Proc,
+    /// When the viewer URL was printed: the pipeline clock's zero, within a few ms (stats'
+    /// `time_s` counts from there).
+    pub started: Instant,
 }
 
 impl Serve {
@@ -756,8 +759,10 @@ impl Serve {
                     std::fs::read_to_string(&log).unwrap_or_default()
                 )
             });
+        let started = Instant::now();
         let token = url.split("token=").nth(1).unwrap().to_string();
         Serve {
+            started,
             base: format!("http://{listen}"),
             url,
             token,

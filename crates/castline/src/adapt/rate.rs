@@ -3,7 +3,9 @@
 //! Every kind of feedback becomes a *cap* on the target, and the target is the lowest cap,
 //! clamped to `[min, max]`:
 //! - **Estimate** (str0m's delay- and loss-based TWCC estimator, GCC-style): the path carries
-//!   this much in all; video gets `ESTIMATE_SHARE` of it (audio, RTX and headers need the rest).
+//!   this much in all; video gets `ESTIMATE_SHARE` of it minus the measured overhead (what the
+//!   sink was sent beyond the media itself: retransmissions, padding, audio, headers), as
+//!   libwebrtc subtracts its protection overhead.
 //! - **REMB** (the receiver's own estimate): the same share of what it says.
 //! - **Loss** (RTCP receiver reports), GCC's loss controller: above 10 % lost the cap falls by
 //!   half the loss fraction, below 2 % it climbs 8 % a report, in between it holds.
@@ -19,7 +21,9 @@ use std::time::{Duration, Instant};
 use super::Reason;
 
 /// Share of the estimated path capacity given to video.
-pub const ESTIMATE_SHARE: f64 = 0.85;
+pub const ESTIMATE_SHARE: f64 = 0.95;
+/// Overhead never takes more than this share of the estimate away from video.
+const MAX_OVERHEAD_SHARE: f64 = 0.5;
 /// Changes of the target smaller than this fraction are ignored (no encoder churn).
 const DEADBAND: f64 = 0.05;
 /// Loss above this fraction lowers the cap; below `LOSS_LOW` it may climb.
@@ -50,6 +54,9 @@ pub enum Feedback {
     Remb { bps: u64 },
     /// Fraction of our packets the receiver lost since its last report (0..1).
     Loss { fraction: f64 },
+    /// What the sink was sent beyond its video over the last second (RTX, padding, audio,
+    /// packet headers), bit/s.
+    Overhead { bps: u64 },
     /// A TCP stream's buffer: media waiting to be sent, and what was actually sent over the
     /// last second.
     Buffer { buffered_ms: f64, sent_bps: u64 },
@@ -86,6 +93,7 @@ impl Cap {
 pub struct RateController {
     cfg: RateConfig,
     estimate: Option<u64>,
+    overhead: u64,
     estimate_cap: Cap,
     remb_cap: Cap,
     loss_cap: Cap,
@@ -107,6 +115,7 @@ impl RateController {
         Self {
             cfg,
             estimate: None,
+            overhead: 0,
             estimate_cap: Cap::open(),
             remb_cap: Cap::open(),
             loss_cap: Cap::open(),
@@ -161,13 +170,19 @@ impl RateController {
             Feedback::Estimate { bps } => {
                 self.estimate = Some(bps);
                 // The estimator already paces its own decreases and increases.
-                self.estimate_cap.bps = bps as f64 * ESTIMATE_SHARE;
+                self.estimate_cap.bps = self.video_share(bps);
             }
             Feedback::Remb { bps } => {
                 if self.estimate_cap.bps.is_infinite() {
                     self.estimate = Some(bps);
                 }
-                self.remb_cap.bps = bps as f64 * ESTIMATE_SHARE;
+                self.remb_cap.bps = self.video_share(bps);
+            }
+            Feedback::Overhead { bps } => {
+                self.overhead = bps;
+                if let Some(e) = self.estimate.filter(|_| self.estimate_cap.bps.is_finite()) {
+                    self.estimate_cap.bps = self.video_share(e);
+                }
             }
             Feedback::Loss { fraction } => self.on_loss(now, fraction),
             Feedback::Buffer {
@@ -176,6 +191,13 @@ impl RateController {
             } => self.on_buffer(now, buffered_ms, sent_bps),
         }
         self.update_target();
+    }
+
+    /// What video may take of a path estimate.
+    fn video_share(&self, estimate: u64) -> f64 {
+        let e = estimate as f64;
+        let overhead = (self.overhead as f64).min(e * MAX_OVERHEAD_SHARE);
+        e * ESTIMATE_SHARE - overhead
     }
 
     fn on_loss(&mut self, now: Instant, fraction: f64) {
@@ -262,6 +284,18 @@ mod tests {
     }
 
     #[test]
+    fn measured_overhead_comes_off_the_estimate() {
+        let t = Instant::now();
+        let mut c = ctl();
+        c.on_feedback(t, Feedback::Estimate { bps: 1_500_000 });
+        c.on_feedback(t, Feedback::Overhead { bps: 300_000 });
+        assert_eq!(c.target_bps(), 1_125_000);
+        // Never more than half the estimate.
+        c.on_feedback(t, Feedback::Overhead { bps: 5_000_000 });
+        assert_eq!(c.target_bps(), 675_000);
+    }
+
+    #[test]
     fn clamps_to_min_and_max() {
         let t = Instant::now();
         let mut c = ctl();
@@ -301,7 +335,7 @@ mod tests {
         let mut c = ctl();
         c.on_feedback(t, Feedback::Estimate { bps: 4_000_000 });
         c.on_feedback(t, Feedback::Remb { bps: 1_000_000 });
-        assert_eq!(c.target_bps(), 850_000);
+        assert_eq!(c.target_bps(), 950_000);
         assert_eq!(c.estimate_bps(), Some(4_000_000));
     }
 

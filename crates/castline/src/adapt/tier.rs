@@ -273,7 +273,10 @@ mod tests {
         assert!(s.want(LOW));
         assert!(!s.want(LOW), "one keyframe request per switch");
         assert!(s.needs(MAIN) && s.needs(LOW));
-        assert!(!s.accept(MAIN, false), "moving down, the old tier stops at once");
+        assert!(
+            !s.accept(MAIN, false),
+            "moving down, the old tier stops at once"
+        );
         assert!(!s.accept(LOW, false), "the new tier starts at its keyframe");
         assert!(s.accept(LOW, true));
         assert_eq!(s.current, LOW);

@@ -404,8 +404,11 @@ struct Peer {
     wants_keyframe: bool,
     pending_offer: Option<SdpPendingOffer>,
     report: PeerReport,
-    /// Time and bytes sent of the previous stats event (for the bitrate).
-    last_peer_stats: Option<(Instant, u64)>,
+    /// Time, bytes sent and video bytes written of the previous stats event (for the bitrate
+    /// and the overhead).
+    last_peer_stats: Option<(Instant, u64, u64)>,
+    /// Video payload written to this peer so far.
+    video_bytes: u64,
     /// None with adaptation off.
     rate: Option<RateController>,
     /// Whether TWCC feedback drives the estimate (else RTCP loss does, with REMB).
@@ -414,6 +417,8 @@ struct Peer {
     /// When ICE+DTLS connected: the first seconds' estimate says more about the join (a
     /// keyframe burst, the estimator's start) than about the path.
     connected_at: Option<Instant>,
+    /// When str0m was last asked for an allocation probe (while on the low tier).
+    last_probe: Option<Instant>,
 }
 
 struct HubCore {
@@ -635,10 +640,12 @@ impl HubCore {
                 tier: tier::MAIN,
             },
             last_peer_stats: None,
+            video_bytes: 0,
             rate: self.cfg.adapt.map(|a| RateController::new(a.rate)),
             twcc: false,
             tier: TierChooser::default(),
             connected_at: None,
+            last_probe: None,
         };
         self.peers.insert(id, peer);
         tracing::info!(hub = %self.cfg.name, peer = id, via, "peer_added");
@@ -816,15 +823,21 @@ impl HubCore {
                 // Receiver reports' loss caps the rate too (GCC takes the lower of its delay-
                 // and loss-based estimates; str0m's TWCC estimate reacts to loss more slowly).
                 let loss = s.egress_loss_fraction;
-                if let Some((t, b)) = p.last_peer_stats {
+                let mut overhead = None;
+                if let Some((t, b, v)) = p.last_peer_stats {
                     let dt = s.timestamp.saturating_duration_since(t).as_secs_f64();
                     if dt > 0.0 {
-                        p.report.bitrate_kbps =
-                            (s.bytes_tx.saturating_sub(b) as f64 * 8.0 / dt / 1000.0).round();
+                        let sent = s.bytes_tx.saturating_sub(b) as f64 * 8.0 / dt;
+                        let video = p.video_bytes.saturating_sub(v) as f64 * 8.0 / dt;
+                        p.report.bitrate_kbps = (sent / 1000.0).round();
+                        overhead = Some((sent - video).max(0.0) as u64);
                     }
                 }
-                p.last_peer_stats = Some((s.timestamp, s.bytes_tx));
+                p.last_peer_stats = Some((s.timestamp, s.bytes_tx, p.video_bytes));
                 p.report.bytes_sent = s.bytes_tx;
+                if let Some(bps) = overhead {
+                    self.on_feedback(id, now, Feedback::Overhead { bps });
+                }
                 if let Some(l) = loss {
                     self.on_feedback(id, now, Feedback::Loss { fraction: l as f64 });
                 }
@@ -867,7 +880,7 @@ impl HubCore {
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
-        let (Some(rate), true) = (&p.rate, p.video.is_some()) else {
+        let (Some(rate), Some(adapt), true) = (&p.rate, self.cfg.adapt, p.video.is_some()) else {
             return;
         };
         let target = rate.target_bps();
@@ -888,6 +901,25 @@ impl HubCore {
                 tracing::info!(hub = %self.cfg.name, peer = id, reason, tier = "main", target_kbps, "recovered");
             }
             self.gate.request(now, "tier_switch", id);
+        }
+        // On the low tier the estimate climbs only at GCC's additive rate (what the low tier
+        // sends is all it learns from). Once the loss has stopped, an allocation probe (asked for
+        // by raising the desired rate above the estimate) tells sooner whether the path carries
+        // the main tier again, as libwebrtc probes after a large drop.
+        let p = self.peers.get_mut(&id).expect("looked up above");
+        let quiet = p
+            .rate
+            .as_ref()
+            .is_some_and(|r| !r.loss_within(now, PROBE_AFTER_LOSS));
+        let due = p
+            .last_probe
+            .is_none_or(|t| now.duration_since(t) >= PROBE_INTERVAL);
+        if p.tier.switch.needs(tier::LOW) && quiet && due {
+            p.last_probe = Some(now);
+            let min = str0m::bwe::Bitrate::bps(adapt.rate.min_bps);
+            let mut bwe = p.rtc.bwe();
+            bwe.set_bitrate(min, str0m::bwe::Bitrate::bps(target));
+            bwe.set_bitrate(min, str0m::bwe::Bitrate::bps(desired_bps(&adapt)));
         }
         self.update_demand();
     }
@@ -961,6 +993,7 @@ impl HubCore {
             match w.write(pt, wallclock, rtp_time, data) {
                 Ok(()) => {
                     if video {
+                        p.video_bytes += pkt.data.len() as u64;
                         p.report.video_packets += 1;
                     } else {
                         p.report.audio_packets += 1;
@@ -1100,6 +1133,11 @@ fn add_track(p: &mut Peer, mid: Mid, kind: MediaKind, direction: Direction) {
 fn kbps(bps: u64) -> f64 {
     (bps as f64 / 100.0).round() / 10.0
 }
+
+/// While a peer is on the low tier and has reported no loss for `PROBE_AFTER_LOSS`, str0m
+/// probes for the main tier's rate this often.
+const PROBE_INTERVAL: Duration = Duration::from_secs(4);
+const PROBE_AFTER_LOSS: Duration = Duration::from_secs(3);
 
 /// For this long after a peer connects only loss (not the delay-based estimate) moves it to the
 /// low tier.
