@@ -12,10 +12,12 @@
 
 pub mod ladder;
 pub mod rate;
+pub mod sink;
 pub mod tier;
 
 pub use ladder::{Ladder, LadderConfig, Level};
 pub use rate::{Feedback, RateConfig, RateController};
+pub use sink::SinkAdapter;
 pub use tier::TierDemand;
 
 use serde::Serialize;

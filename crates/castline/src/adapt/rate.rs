@@ -11,7 +11,7 @@
 //!   half the loss fraction, below 2 % it climbs 8 % a report, in between it holds.
 //! - **Buffer** (a TCP stream such as RTMP, OBS's "dynamic bitrate"): a buffer that grows past
 //!   `BUFFER_HIGH_MS` means the socket drains slower than we produce, so the cap falls to just
-//!   under what actually drained; once the buffer stays small it climbs back 10 % a second.
+//!   under what actually drained; once the buffer stays small it climbs back 15 % a second.
 //!
 //! Decreases apply at once (a path over capacity freezes the picture); increases of the
 //! estimate cap are passed through only when they are worth an encoder change (`DEADBAND`).
@@ -34,6 +34,8 @@ const BUFFER_HIGH_MS: f64 = 400.0;
 const BUFFER_LOW_MS: f64 = 150.0;
 /// How long a cap waits after lowering before it lowers again (feedback lags).
 const DECREASE_INTERVAL: Duration = Duration::from_millis(1000);
+/// How much the buffer cap climbs a second once calm.
+const BUFFER_CLIMB: f64 = 1.15;
 /// How long a draining buffer must stay low before the buffer cap climbs.
 const BUFFER_CALM: Duration = Duration::from_secs(3);
 
@@ -235,7 +237,7 @@ impl RateController {
             .last_buffer_climb
             .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1));
         if calm && !climbed_recently && self.buffer_cap.bps.is_finite() {
-            self.buffer_cap.bps *= 1.10;
+            self.buffer_cap.bps *= BUFFER_CLIMB;
             self.last_buffer_climb = Some(now);
             if self.buffer_cap.bps >= self.cfg.max_bps as f64 {
                 self.buffer_cap = Cap::open();
@@ -400,7 +402,7 @@ mod tests {
             },
         );
         assert_eq!(c.target_bps(), 1_200_000);
-        // Calm for 3 s after the backlog was last above 150 ms (t = 2 s), then +10 % a second.
+        // Calm for 3 s after the backlog was last above 150 ms (t = 2 s), then +15 % a second.
         for s in 3..5 {
             c.on_feedback(
                 t + Duration::from_secs(s),
@@ -418,15 +420,15 @@ mod tests {
                 sent_bps: 1_200_000,
             },
         );
-        assert_eq!(c.target_bps(), 1_320_000);
+        assert_eq!(c.target_bps(), 1_380_000);
         // Not again within the second.
         c.on_feedback(
             t + Duration::from_millis(5500),
             Feedback::Buffer {
                 buffered_ms: 20.0,
-                sent_bps: 1_320_000,
+                sent_bps: 1_380_000,
             },
         );
-        assert_eq!(c.target_bps(), 1_320_000);
+        assert_eq!(c.target_bps(), 1_380_000);
     }
 }

@@ -53,6 +53,10 @@ pub(crate) struct Muxer {
     pub packets: u64,
     pub audio_packets: u64,
     pub bytes: u64,
+    /// The main encode's SPS/PPS, and those the muxer announced last: a lower tier's keyframe
+    /// carries its own (another size), announced as new extradata (FLV: a new sequence header).
+    main_extradata: Vec<u8>,
+    announced: Vec<u8>,
 }
 
 // SAFETY: the format context is owned by this value and used by one thread at a time.
@@ -122,6 +126,8 @@ impl Muxer {
             .as_ref()
             .and_then(|_| octx.stream(1).map(|s| s.time_base()));
         let m = Self {
+            main_extradata: info.extradata.clone(),
+            announced: info.extradata.clone(),
             octx,
             _deadline: deadline,
             video_tb,
@@ -152,6 +158,7 @@ impl Muxer {
         p.set_stream(index);
         if pkt.keyframe {
             p.set_flags(ff::packet::Flags::KEY);
+            self.announce_parameter_sets(&mut p, &pkt.data)?;
         }
         p.write_interleaved(&mut self.octx)?;
         self.check_io()?;
@@ -161,6 +168,33 @@ impl Muxer {
             self.packets += 1;
         }
         self.bytes += pkt.data.len() as u64;
+        Ok(())
+    }
+
+    /// When a keyframe's parameter sets (in-band, or the main encode's when it has none) differ
+    /// from the ones announced, attach them as new extradata: the FLV muxer then sends a new
+    /// AVC sequence header, so RTMP players follow a change of size.
+    fn announce_parameter_sets(&mut self, p: &mut ff::Packet, au: &[u8]) -> Result<(), ff::Error> {
+        let sets = crate::webrtc::parameter_sets(au).unwrap_or_else(|| self.main_extradata.clone());
+        if sets == self.announced || sets.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: allocates side data owned by the packet and fills exactly its size.
+        unsafe {
+            let d = ffi::av_packet_new_side_data(
+                ff::packet::Mut::as_mut_ptr(p),
+                ffi::AVPacketSideDataType::AV_PKT_DATA_NEW_EXTRADATA,
+                sets.len(),
+            );
+            if d.is_null() {
+                return Err(ff::Error::Other {
+                    errno: libc::ENOMEM,
+                });
+            }
+            std::ptr::copy_nonoverlapping(sets.as_ptr(), d, sets.len());
+        }
+        tracing::info!(bytes = sets.len(), "parameter_sets_changed");
+        self.announced = sets;
         Ok(())
     }
 

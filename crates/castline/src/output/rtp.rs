@@ -264,6 +264,8 @@ pub struct RtcpReport {
     pub rtt_ms: Option<f64>,
     /// RTCP datagrams that did not parse (ignored).
     pub malformed: u64,
+    /// Receiver report blocks about our video (each one is a loss sample for rate control).
+    pub receiver_reports: u64,
 }
 
 pub struct RtpOutput {
@@ -689,6 +691,7 @@ impl RtpOutput {
                 continue;
             }
             self.report.loss = Some(b.fraction_lost() as f64 / 256.0);
+            self.report.receiver_reports += 1;
             self.report.jitter_ms = Some(b.interarrival_jitter() as f64 / 90.0);
             let (lsr, dlsr) = (
                 b.last_sender_report_timestamp(),

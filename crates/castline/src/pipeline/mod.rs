@@ -10,6 +10,7 @@
 
 pub mod clock;
 pub mod queue;
+mod sink_feedback;
 pub mod stats;
 pub mod tiers;
 
@@ -20,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::adapt::tier::{self, TierSwitch};
-use crate::adapt::{AdaptConfig, TierDemand};
+use crate::adapt::{AdaptConfig, SinkAdapter, TierDemand};
 use crate::capture::ffmpeg_process::FfmpegIngest;
 use crate::capture::pulse::PulseInput;
 use crate::capture::{
@@ -36,6 +37,7 @@ use crate::mix::{self, Mixer};
 use crate::output::{self, Output, OutputSpec, OutputSummary, RtmpOptions, Written};
 use clock::MediaClock;
 use queue::{FrameQueue, PacketQueue, Pop, PushOutcome};
+use sink_feedback::SinkFeedback;
 use stats::{
     AudioCounters, AudioStats, OutputCounters, PipelineCounters, StatsSampler, StatsSnapshot,
 };
@@ -262,6 +264,19 @@ impl Pipeline {
             if let Some(d) = out.demand() {
                 c.demand = d;
             }
+            // Single-sink live outputs adapt from their own feedback (WebRTC hubs per peer).
+            let feedback = match (spec, live_rate(&cfg, &info)) {
+                (OutputSpec::Rtmp(_), Some(rate)) => {
+                    Some(SinkFeedback::new(SinkAdapter::new(rate), true))
+                }
+                (OutputSpec::Rtp(_), Some(rate)) => {
+                    Some(SinkFeedback::new(SinkAdapter::new(rate), false))
+                }
+                _ => None,
+            };
+            if let Some(f) = &feedback {
+                c.demand = f.demand();
+            }
             if !audio_encoders.is_empty() {
                 c.audio = Some(spec.audio_codec());
                 c.queue.add_producer();
@@ -269,7 +284,7 @@ impl Pipeline {
             let c = Arc::new(c);
             let (c2, kf, stop2) = (c.clone(), keyframe.clone(), stop.clone());
             output_threads.push(spawn("castline-output", move || {
-                run_output(out, &c2, &kf, &stop2)
+                run_output(out, &c2, &kf, &stop2, feedback)
             })?);
             out_counters.push(c);
         }
@@ -887,17 +902,31 @@ fn fan_out(
     }
 }
 
+/// The rate bounds of a single-sink live output, None with adaptation off or passed-through
+/// video (an ffmpeg source has one encode, whose rate castline does not control).
+fn live_rate(cfg: &PipelineConfig, info: &VideoStreamInfo) -> Option<crate::adapt::RateConfig> {
+    let encoded = !matches!(cfg.source, SourceSpec::FfmpegProcess(_));
+    (cfg.adapt.enabled && encoded).then(|| crate::adapt::RateConfig {
+        min_bps: cfg.adapt.min_bitrate,
+        max_bps: info.bitrate,
+    })
+}
+
 fn run_output(
     mut out: Box<dyn Output>,
     c: &OutputCounters,
     keyframe: &AtomicBool,
     stop: &AtomicBool,
+    mut feedback: Option<SinkFeedback>,
 ) -> std::result::Result<OutputSummary, crate::error::OutputError> {
     let mut first = true;
     let mut failure = None;
     // Connection state only changes around skipped packets; refresh the stats copy then.
     let mut refresh_link = true;
     loop {
+        if let Some(f) = &mut feedback {
+            f.poll(c);
+        }
         match c.queue.pop_timeout(Duration::from_millis(200)) {
             Pop::Item(p) => {
                 let written = out.write(&p);

@@ -80,6 +80,19 @@ pub fn with_parameter_sets(keyframe: &[u8], extradata: &[u8]) -> Option<Vec<u8>>
     Some(v)
 }
 
+/// The SPS and PPS NAL units of an Annex-B access unit, as Annex-B (4-byte start codes); None
+/// when it has no SPS.
+pub fn parameter_sets(au: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    for n in nal_units(au) {
+        if n.first().is_some_and(|h| matches!(h & 0x1f, 7 | 8)) {
+            out.extend_from_slice(&[0, 0, 0, 1]);
+            out.extend_from_slice(n);
+        }
+    }
+    has_sps(au).then_some(out)
+}
+
 /// Whether an Annex-B access unit contains an SPS NAL unit.
 pub fn has_sps(au: &[u8]) -> bool {
     nal_units(au).any(|n| n.first().is_some_and(|h| h & 0x1f == 7))
