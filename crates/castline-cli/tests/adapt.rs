@@ -470,3 +470,67 @@ fn rtmp_bitrate_follows_a_capped_link() {
     assert!(audio.len() > 1000, "{} audio packets", audio.len());
     assert!(agap <= 0.1, "audio gap of {agap:.3} s");
 }
+
+/// CPU pressure: 1440p60 at `--preset veryfast` is more than these 2 cores encode in real time.
+/// The ladder steps the frame rate down (the recording keeps its size) and settles at a level it
+/// holds: steady encoded fps, no storm of raw-queue evictions, the level and reason in the stats.
+#[test]
+fn cpu_pressure_settles_at_a_level_it_holds() {
+    let dir = tmpdir("adapt-cpu");
+    let file = dir.join("cpu.mp4");
+    let out = run(castline().args(["record", file.to_str().unwrap()]).args([
+        "--source",
+        "testsrc",
+        "--size",
+        "2560x1440",
+        "--fps",
+        "60",
+        "--preset",
+        "veryfast",
+        "--audio",
+        "none",
+        "--duration",
+        "30",
+        "--stats",
+        "json",
+    ]));
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    let stats = json_stats(&log);
+    for s in &stats {
+        eprintln!(
+            "t={} encoded {} fps, evicted {} | {}",
+            s["time_s"], s["encoded_fps"], s["drops"]["encode_queue"], s["adaptation"]
+        );
+    }
+    assert!(
+        log.contains("degraded") && log.contains("reason=\"cpu\""),
+        "{log}"
+    );
+    // The last 12 seconds: one level, steady fps, evictions trickle at most.
+    let tail: Vec<&serde_json::Value> = stats.iter().rev().skip(1).take(12).collect();
+    let level = &tail[0]["adaptation"];
+    assert!(level["level"].as_u64().unwrap() >= 1, "{level}");
+    assert_eq!(level["reason"], "cpu");
+    assert!(level["fps"].as_u64().unwrap() < 60);
+    assert!(
+        tail.iter()
+            .all(|s| s["adaptation"]["level"] == level["level"]),
+        "the level holds"
+    );
+    let fps: Vec<f64> = tail
+        .iter()
+        .map(|s| s["encoded_fps"].as_f64().unwrap())
+        .collect();
+    let target = level["fps"].as_f64().unwrap();
+    assert!(
+        fps.iter().all(|f| (f - target).abs() <= target * 0.2),
+        "steady at {target} fps: {fps:?}"
+    );
+    let evicted = |s: &serde_json::Value| s["drops"]["encode_queue"].as_u64().unwrap();
+    let storm = evicted(tail[0]) - evicted(tail[tail.len() - 1]);
+    assert!(storm <= 24, "{storm} raw frames evicted in the last 12 s");
+    // The recording kept its size.
+    let p = probe(&file);
+    assert_eq!((p.width, p.height), (2560, 1440));
+}
