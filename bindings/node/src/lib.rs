@@ -99,6 +99,13 @@ pub struct ShareOptions {
     pub preset: Option<String>,
     /// Bearer token for a WHIP target; viewer token for `serve://`.
     pub token: Option<String>,
+    /// Adaptive quality of live targets (default true): bitrate follows the path, congested
+    /// viewers get a lower tier (fps first, then size), CPU pressure lowers the frame rate.
+    pub adapt: Option<bool>,
+    /// Lowest frame rate the ladder steps down to (default 15).
+    pub min_fps: Option<u32>,
+    /// Lowest video bitrate a live target is asked to take, bit/s (default 150 000).
+    pub min_bitrate: Option<f64>,
 }
 
 /// A classified error, as passed to the error callback.
@@ -119,6 +126,34 @@ pub struct OutputStats {
     pub reconnects: u32,
     /// WebRTC outputs: connected peers.
     pub peers: Option<u32>,
+    /// Live outputs that adapt: the video bitrate asked for and the path estimate, kbit/s.
+    pub target_kbps: Option<f64>,
+    pub estimate_kbps: Option<f64>,
+}
+
+/// The encode's adaptation level (same as `adaptation` in `castline --stats json`).
+#[napi(object)]
+pub struct Adaptation {
+    /// 0 = as configured; higher = lower frame rate (CPU pressure).
+    pub level: u32,
+    pub fps: u32,
+    pub width: u32,
+    pub height: u32,
+    /// `cpu` while CPU pressure holds the main encode down, else undefined.
+    pub reason: Option<String>,
+    /// The lower tier congested viewers get, while one runs.
+    pub low_tier: Option<LowTier>,
+}
+
+#[napi(object)]
+pub struct LowTier {
+    pub level: u32,
+    pub fps: u32,
+    pub width: u32,
+    pub height: u32,
+    pub target_kbps: f64,
+    /// `bandwidth`, `loss`, `buffer` or `cpu`.
+    pub reason: Option<String>,
 }
 
 /// Once-a-second statistics.
@@ -135,6 +170,7 @@ pub struct Stats {
     pub dropped_encode_queue: f64,
     pub dropped_output: f64,
     pub outputs: Vec<OutputStats>,
+    pub adaptation: Adaptation,
     /// The full snapshot as JSON (same object as `castline --stats json`).
     pub json: String,
 }
@@ -335,6 +371,12 @@ fn config(o: &ShareOptions) -> Result<PipelineConfig> {
         },
         outputs: vec![output],
         audio,
+        adapt: castline::adapt::AdaptConfig {
+            enabled: o.adapt.unwrap_or(true),
+            min_fps: o.min_fps.unwrap_or(15).clamp(1, 240),
+            min_bitrate: o.min_bitrate.map(|b| b.max(10_000.0) as u64).unwrap_or(150_000),
+            ..castline::adapt::AdaptConfig::default()
+        },
         ..PipelineConfig::default()
     })
 }
@@ -365,9 +407,30 @@ fn stats_of(s: &StatsSnapshot) -> Stats {
                     .peers
                     .as_ref()
                     .map(|p| p.iter().filter(|p| p.connected).count() as u32),
+                target_kbps: o.target_kbps,
+                estimate_kbps: o.estimate_kbps,
             })
             .collect(),
+        adaptation: adaptation_of(&s.adaptation),
         json: castline_json(s),
+    }
+}
+
+fn adaptation_of(a: &castline::pipeline::tiers::AdaptationReport) -> Adaptation {
+    Adaptation {
+        level: a.level as u32,
+        fps: a.fps,
+        width: a.width,
+        height: a.height,
+        reason: a.reason.map(|r| r.as_str().to_string()),
+        low_tier: a.low_tier.as_ref().map(|l| LowTier {
+            level: l.level as u32,
+            fps: l.fps,
+            width: l.width,
+            height: l.height,
+            target_kbps: l.target_kbps,
+            reason: l.reason.map(|r| r.as_str().to_string()),
+        }),
     }
 }
 

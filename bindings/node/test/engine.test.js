@@ -115,6 +115,10 @@ test('records 3 s through the API, with stats and a forced keyframe', async () =
   assert.ok(s.bitrateMbps > 0 && s.encodeMs > 0, JSON.stringify(s));
   assert.strictEqual(s.outputs.length, 1);
   assert.strictEqual(s.outputs[0].state, 'running');
+  // A recording takes the main encode at its configured level; it does not adapt.
+  assert.deepStrictEqual([s.adaptation.level, s.adaptation.width, s.adaptation.height],
+    [0, 640, 360], JSON.stringify(s.adaptation));
+  assert.strictEqual(s.outputs[0].targetKbps, undefined);
   const info = streamInfo(file);
   assert.deepStrictEqual([info.codec_name, info.width, info.height], ['h264', 640, 360]);
   assert.ok(info.duration > 2.8 && info.duration < 3.8, String(info.duration));
