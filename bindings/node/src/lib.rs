@@ -374,7 +374,10 @@ fn config(o: &ShareOptions) -> Result<PipelineConfig> {
         adapt: castline::adapt::AdaptConfig {
             enabled: o.adapt.unwrap_or(true),
             min_fps: o.min_fps.unwrap_or(15).clamp(1, 240),
-            min_bitrate: o.min_bitrate.map(|b| b.max(10_000.0) as u64).unwrap_or(150_000),
+            min_bitrate: o
+                .min_bitrate
+                .map(|b| b.max(10_000.0) as u64)
+                .unwrap_or(150_000),
             ..castline::adapt::AdaptConfig::default()
         },
         ..PipelineConfig::default()

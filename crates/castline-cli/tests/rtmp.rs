@@ -219,6 +219,8 @@ fn reconnects_after_server_restart_while_recording_continues() {
 }
 
 #[test]
+/// The stream buffer's last resort, with adaptation off (tests/adapt.rs covers the bitrate
+/// coming down first): over budget, video is dropped to the next keyframe.
 fn throttled_link_drops_to_keyframes_within_the_buffer_and_recovers() {
     let nginx = Nginx::start();
     let relay = SlowRelay::start(nginx.port);
@@ -238,6 +240,8 @@ fn throttled_link_drops_to_keyframes_within_the_buffer_and_recovers() {
                 "2M",
                 "--keyint",
                 "1",
+                "--adapt",
+                "off",
             ])
             .args(["--duration", "24", "--stats", "json"]),
     );

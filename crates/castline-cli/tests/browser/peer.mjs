@@ -14,7 +14,8 @@
 //   "shared": true on "open" puts the page in one browser process shared by such pages
 //   {"op":"close","id":"a"}   ({"op":"whep_delete","id":"w"} sends the WHEP DELETE first)
 //   {"op":"monitor","id":"a","seconds":40}   getStats() every 100 ms: a series of
-//                                   [unix_ms, framesDecoded, frameWidth, frameHeight] samples
+//                                   [unix_ms, framesDecoded, frameWidth, frameHeight] samples;
+//                                   "latency": true adds every frame's testsrc-stamp latency
 //   {"op":"sleep","ms":1000}
 import { createServer } from 'node:http';
 import { chromium } from 'playwright-core';
@@ -132,41 +133,45 @@ async function waitFor(page, timeoutMs, done) {
 // Glass-to-glass latency: reads the capture time testsrc embeds in every frame (README:
 // "testsrc timestamp format": cells of width/48 px, two rows of 48, MSB first, white = 1; bits
 // 0–63 = capture time in µs since the UNIX epoch) from each displayed frame, and compares it with
-// this machine's clock when the frame is presented.
+// this machine's clock when the frame is presented (startStampReader below).
 async function latency(page, seconds) {
-  return page.evaluate(async (seconds) => {
-    const v = document.querySelector('video');
-    const c = document.createElement('canvas');
-    const samples = [];
-    const t0 = performance.now();
-    await new Promise((resolve) => {
-      const onFrame = (now) => {
-        if (performance.now() - t0 > seconds * 1000) return resolve();
-        const w = v.videoWidth;
-        const cell = Math.floor(w / 48);
-        c.width = w; c.height = cell * 2;
-        const ctx = c.getContext('2d', { willReadFrequently: true });
-        ctx.drawImage(v, 0, 0, w, cell * 2, 0, 0, w, cell * 2);
-        const px = ctx.getImageData(0, 0, w, cell * 2).data;
-        let us = 0n;
-        for (let bit = 0; bit < 64; bit++) {
-          const x = (bit % 48) * cell + (cell >> 1);
-          const y = Math.floor(bit / 48) * cell + (cell >> 1);
-          const i = (y * w + x) * 4;
-          const luma = 0.2126 * px[i] + 0.7152 * px[i + 1] + 0.0722 * px[i + 2];
-          us = (us << 1n) | (luma > 128 ? 1n : 0n);
-        }
-        const shown = performance.timeOrigin + now;
-        const ms = shown - Number(us) / 1000;
-        if (ms > -50 && ms < 10000) samples.push(ms);
-        v.requestVideoFrameCallback(onFrame);
-      };
-      v.requestVideoFrameCallback(onFrame);
-    });
-    samples.sort((a, b) => a - b);
-    const q = (p) => (samples.length ? samples[Math.min(samples.length - 1, Math.floor(p * samples.length))] : null);
-    return { samples: samples.length, p50: q(0.5), p95: q(0.95), max: samples.length ? samples[samples.length - 1] : null };
-  }, seconds);
+  await page.evaluate(startStampReader);
+  await sleep(seconds * 1000);
+  const samples = (await page.evaluate(() => window.stampLatency)).map(([, ms]) => ms);
+  samples.sort((a, b) => a - b);
+  const q = (p) => (samples.length ? samples[Math.min(samples.length - 1, Math.floor(p * samples.length))] : null);
+  return { samples: samples.length, p50: q(0.5), p95: q(0.95), max: samples.length ? samples[samples.length - 1] : null };
+}
+
+// Every displayed frame's glass-to-glass latency, as [unix_ms, ms] in window.stampLatency, kept
+// running while a test sleeps or a monitor samples getStats.
+function startStampReader() {
+  const v = document.querySelector('video');
+  const c = document.createElement('canvas');
+  window.stampLatency = [];
+  const onFrame = (now) => {
+    const w = v.videoWidth;
+    const cell = Math.floor(w / 48);
+    if (cell > 0) {
+      c.width = w; c.height = cell * 2;
+      const ctx = c.getContext('2d', { willReadFrequently: true });
+      ctx.drawImage(v, 0, 0, w, cell * 2, 0, 0, w, cell * 2);
+      const px = ctx.getImageData(0, 0, w, cell * 2).data;
+      let us = 0n;
+      for (let bit = 0; bit < 64; bit++) {
+        const x = (bit % 48) * cell + (cell >> 1);
+        const y = Math.floor(bit / 48) * cell + (cell >> 1);
+        const i = (y * w + x) * 4;
+        const luma = 0.2126 * px[i] + 0.7152 * px[i + 1] + 0.0722 * px[i + 2];
+        us = (us << 1n) | (luma > 128 ? 1n : 0n);
+      }
+      const shown = performance.timeOrigin + now;
+      const ms = shown - Number(us) / 1000;
+      if (ms > -50 && ms < 10000) window.stampLatency.push([Math.round(shown), Math.round(ms)]);
+    }
+    v.requestVideoFrameCallback(onFrame);
+  };
+  v.requestVideoFrameCallback(onFrame);
 }
 
 async function step(s) {
@@ -224,6 +229,7 @@ async function step(s) {
     case 'monitor': {
       // The test correlates these wall-clock samples with when it capped the link.
       const page = pages.get(s.id).page;
+      if (s.latency) await page.evaluate(startStampReader);
       const series = [];
       const end = Date.now() + (s.seconds || 30) * 1000;
       while (Date.now() < end) {
@@ -231,7 +237,8 @@ async function step(s) {
         if (st) series.push([Date.now(), st.framesDecoded, st.frameWidth, st.frameHeight]);
         await sleep(100);
       }
-      return { ok: true, series };
+      const latency = s.latency ? await page.evaluate(() => window.stampLatency) : undefined;
+      return { ok: true, series, latency };
     }
     case 'close': {
       const p = pages.get(s.id);

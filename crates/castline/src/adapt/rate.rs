@@ -11,7 +11,8 @@
 //!   half the loss fraction, below 2 % it climbs 8 % a report, in between it holds.
 //! - **Buffer** (a TCP stream such as RTMP, OBS's "dynamic bitrate"): a buffer that grows past
 //!   `BUFFER_HIGH_MS` means the socket drains slower than we produce, so the cap falls to just
-//!   under what actually drained; once the buffer stays small it climbs back 15 % a second.
+//!   under what actually drained; once the buffer stays small for 2 s it climbs back 15 % (plus
+//!   50 kbit/s) a second.
 //!
 //! Decreases apply at once (a path over capacity freezes the picture); increases of the
 //! estimate cap are passed through only when they are worth an encoder change (`DEADBAND`).
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 use super::Reason;
 
 /// Share of the estimated path capacity given to video.
-pub const ESTIMATE_SHARE: f64 = 0.95;
+pub const ESTIMATE_SHARE: f64 = 0.9;
 /// Overhead never takes more than this share of the estimate away from video.
 const MAX_OVERHEAD_SHARE: f64 = 0.5;
 /// Changes of the target smaller than this fraction are ignored (no encoder churn).
@@ -34,10 +35,12 @@ const BUFFER_HIGH_MS: f64 = 400.0;
 const BUFFER_LOW_MS: f64 = 150.0;
 /// How long a cap waits after lowering before it lowers again (feedback lags).
 const DECREASE_INTERVAL: Duration = Duration::from_millis(1000);
-/// How much the buffer cap climbs a second once calm.
+/// How much the buffer cap climbs a second once calm: 15 %, plus 50 kbit/s so it leaves a
+/// very low rate quickly too.
 const BUFFER_CLIMB: f64 = 1.15;
+const BUFFER_CLIMB_BPS: f64 = 50_000.0;
 /// How long a draining buffer must stay low before the buffer cap climbs.
-const BUFFER_CALM: Duration = Duration::from_secs(3);
+const BUFFER_CALM: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateConfig {
@@ -226,7 +229,9 @@ impl RateController {
         if buffered_ms > BUFFER_HIGH_MS {
             // Under what drained, so the backlog shrinks instead of holding.
             let drained = sent_bps as f64 * 0.8;
-            let to = drained.min(self.target as f64 * 0.9);
+            let to = drained
+                .min(self.target as f64 * 0.9)
+                .max(self.cfg.min_bps as f64);
             self.buffer_cap.decrease(now, to);
             return;
         }
@@ -237,7 +242,7 @@ impl RateController {
             .last_buffer_climb
             .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1));
         if calm && !climbed_recently && self.buffer_cap.bps.is_finite() {
-            self.buffer_cap.bps *= BUFFER_CLIMB;
+            self.buffer_cap.bps = self.buffer_cap.bps * BUFFER_CLIMB + BUFFER_CLIMB_BPS;
             self.last_buffer_climb = Some(now);
             if self.buffer_cap.bps >= self.cfg.max_bps as f64 {
                 self.buffer_cap = Cap::open();
@@ -291,10 +296,10 @@ mod tests {
         let mut c = ctl();
         c.on_feedback(t, Feedback::Estimate { bps: 1_500_000 });
         c.on_feedback(t, Feedback::Overhead { bps: 300_000 });
-        assert_eq!(c.target_bps(), 1_125_000);
+        assert_eq!(c.target_bps(), 1_050_000);
         // Never more than half the estimate.
         c.on_feedback(t, Feedback::Overhead { bps: 5_000_000 });
-        assert_eq!(c.target_bps(), 675_000);
+        assert_eq!(c.target_bps(), 600_000);
     }
 
     #[test]
@@ -337,7 +342,7 @@ mod tests {
         let mut c = ctl();
         c.on_feedback(t, Feedback::Estimate { bps: 4_000_000 });
         c.on_feedback(t, Feedback::Remb { bps: 1_000_000 });
-        assert_eq!(c.target_bps(), 950_000);
+        assert_eq!(c.target_bps(), 900_000);
         assert_eq!(c.estimate_bps(), Some(4_000_000));
     }
 
@@ -402,8 +407,9 @@ mod tests {
             },
         );
         assert_eq!(c.target_bps(), 1_200_000);
-        // Calm for 3 s after the backlog was last above 150 ms (t = 2 s), then +15 % a second.
-        for s in 3..5 {
+        // Calm for 2 s after the backlog was last above 150 ms (t = 2 s), then +15 % (+50 k) a
+        // second.
+        for s in 3..4 {
             c.on_feedback(
                 t + Duration::from_secs(s),
                 Feedback::Buffer {
@@ -412,23 +418,23 @@ mod tests {
                 },
             );
         }
-        assert_eq!(c.target_bps(), 1_200_000, "not before 3 s of calm");
+        assert_eq!(c.target_bps(), 1_200_000, "not before 2 s of calm");
         c.on_feedback(
-            t + Duration::from_secs(5),
+            t + Duration::from_secs(4),
             Feedback::Buffer {
                 buffered_ms: 20.0,
                 sent_bps: 1_200_000,
             },
         );
-        assert_eq!(c.target_bps(), 1_380_000);
+        assert_eq!(c.target_bps(), 1_430_000);
         // Not again within the second.
         c.on_feedback(
-            t + Duration::from_millis(5500),
+            t + Duration::from_millis(4500),
             Feedback::Buffer {
                 buffered_ms: 20.0,
-                sent_bps: 1_380_000,
+                sent_bps: 1_430_000,
             },
         );
-        assert_eq!(c.target_bps(), 1_380_000);
+        assert_eq!(c.target_bps(), 1_430_000);
     }
 }

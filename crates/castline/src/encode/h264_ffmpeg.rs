@@ -18,6 +18,11 @@ pub struct FfmpegH264Encoder {
     info: VideoStreamInfo,
     layout: YuvLayout,
     frame_duration_us: i64,
+    vbv_s: f64,
+}
+
+fn vbv_bits(bps: u64, seconds: f64) -> i32 {
+    ((bps as f64 * seconds.clamp(0.05, 10.0)) as u64).min(i32::MAX as u64) as i32
 }
 
 // SAFETY: the encoder context, frame and packet are owned exclusively by this value and only used
@@ -112,7 +117,7 @@ impl FfmpegH264Encoder {
         // SAFETY: fields of a not-yet-opened context we own.
         unsafe {
             let p = v.as_mut_ptr();
-            (*p).rc_buffer_size = s.bitrate.min(i32::MAX as u64) as i32;
+            (*p).rc_buffer_size = vbv_bits(s.bitrate, s.vbv_s);
             // SPS/PPS in extradata for containers (MP4, FLV).
             (*p).flags |= ffi::AV_CODEC_FLAG_GLOBAL_HEADER as i32;
         }
@@ -203,6 +208,7 @@ impl FfmpegH264Encoder {
             },
             layout,
             frame_duration_us: 1_000_000 / fps.max(1) as i64,
+            vbv_s: s.vbv_s,
         })
     }
 
@@ -318,7 +324,7 @@ impl VideoEncoder for FfmpegH264Encoder {
             let p = self.enc.as_mut_ptr();
             (*p).bit_rate = bps as i64;
             (*p).rc_max_rate = bps as i64;
-            (*p).rc_buffer_size = bps as i32;
+            (*p).rc_buffer_size = vbv_bits(bps, self.vbv_s);
         }
         self.info.bitrate = bps;
         true

@@ -215,6 +215,10 @@ pub struct EncoderSettings {
     /// SPS and PPS in front of every keyframe too (not only in the extradata), for a stream
     /// whose parameter sets change mid-stream (a lower tier that changes size).
     pub inband_headers: bool,
+    /// VBV buffer, seconds of the bitrate: how far one frame (a keyframe) may exceed the
+    /// average. 1 s for recordings and RTMP; a tier for congested paths takes less, since a
+    /// keyframe burst over a narrow link is lost in the bottleneck's queue.
+    pub vbv_s: f64,
 }
 
 impl Default for EncoderSettings {
@@ -226,6 +230,7 @@ impl Default for EncoderSettings {
             profile: H264Profile::High,
             keyint_s: 2.0,
             inband_headers: false,
+            vbv_s: 1.0,
         }
     }
 }

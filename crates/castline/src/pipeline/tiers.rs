@@ -19,6 +19,10 @@ use crate::convert::Converter;
 use crate::encode::{self, EncodedPacket, EncoderKind, EncoderSettings, VideoEncoder};
 use crate::error::Result;
 
+/// The low tier's VBV: a keyframe at most ~0.3 s of its bitrate, so it fits the queue of the
+/// narrow link it is for (a 1 s one would be dropped there, and asked for again).
+const LOW_TIER_VBV_S: f64 = 0.3;
+
 /// How long the low tier keeps running after its last sink left it (no churn on a flapping link).
 const LOW_LINGER: Duration = Duration::from_secs(2);
 
@@ -268,6 +272,7 @@ impl Tiers {
                     },
                     bitrate: bps,
                     inband_headers: true,
+                    vbv_s: LOW_TIER_VBV_S,
                     ..self.settings.clone()
                 };
                 let enc = encode::open_video_encoder(&settings, size.0, size.1, fps)?;
