@@ -960,12 +960,21 @@ impl HubCore {
             };
             if video {
                 let switching = p.tier.switch.pending == Some(pkt.layer) && pkt.keyframe;
+                let down = switching && pkt.layer > p.tier.switch.current;
                 if !p.tier.switch.accept(pkt.layer, pkt.keyframe) {
                     continue;
                 }
                 if switching {
                     p.report.tier = pkt.layer;
                     tracing::info!(peer = id, tier = pkt.layer, "tier_switched");
+                }
+                if down {
+                    // The old tier's packets are worth nothing once the new keyframe goes out:
+                    // resending them on request would clog the very path that is congested.
+                    // A fresh resend history (str0m's defaults) forgets them.
+                    if let Some(tx) = p.rtc.direct_api().stream_tx_by_mid(mid, None) {
+                        tx.set_rtx_cache(1024, Duration::from_secs(3), Some(0.15));
+                    }
                 }
                 if p.wants_keyframe && !pkt.keyframe {
                     continue;
