@@ -254,6 +254,11 @@ fn capped_viewer_adapts_and_degrades_nothing_else() {
         recovered_at - lift_s
     );
     assert!(log.contains("recovered"), "{log}");
+    eprintln!(
+        "WebRTC: under the cap {:.1} s after it, over 4 Mbit/s {:.1} s after the lift",
+        adapted_at - cap_s,
+        recovered_at - lift_s
+    );
 
     // The uncapped viewer: full size and over 4 Mbit/s every second of the run after joining,
     // no stall, tier 0 throughout.

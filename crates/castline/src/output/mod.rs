@@ -184,7 +184,7 @@ pub struct LiveOptions<'a> {
 impl LiveOptions<'_> {
     /// The rate bounds of a live sink of this run, None with adaptation off.
     pub fn rate(&self, info: &MediaInfo) -> Option<crate::adapt::RateConfig> {
-        self.adapt.enabled.then(|| crate::adapt::RateConfig {
+        self.adapt.enabled.then_some(crate::adapt::RateConfig {
             min_bps: self.adapt.min_bitrate,
             max_bps: info.video.bitrate,
         })

@@ -422,8 +422,7 @@ impl Pipeline {
             .sample(
                 t,
                 &self.counters,
-                self.raw.len(),
-                self.raw.dropped(),
+                (self.raw.len(), self.raw.dropped()),
                 &self.outputs,
                 self.audio_stats.as_ref(),
                 &self.adaptation.lock().unwrap_or_else(|p| p.into_inner()),
@@ -906,7 +905,7 @@ fn fan_out(
 /// video (an ffmpeg source has one encode, whose rate castline does not control).
 fn live_rate(cfg: &PipelineConfig, info: &VideoStreamInfo) -> Option<crate::adapt::RateConfig> {
     let encoded = !matches!(cfg.source, SourceSpec::FfmpegProcess(_));
-    (cfg.adapt.enabled && encoded).then(|| crate::adapt::RateConfig {
+    (cfg.adapt.enabled && encoded).then_some(crate::adapt::RateConfig {
         min_bps: cfg.adapt.min_bitrate,
         max_bps: info.bitrate,
     })

@@ -248,8 +248,8 @@ impl StatsSampler {
         &mut self,
         time_s: f64,
         c: &PipelineCounters,
-        raw_depth: usize,
-        raw_dropped: u64,
+        // The raw frame queue: depth now, evictions so far.
+        (raw_depth, raw_dropped): (usize, u64),
         outputs: &[Arc<OutputCounters>],
         audio: Option<&AudioStats>,
         adaptation: &AdaptationReport,
