@@ -57,8 +57,12 @@ pub enum Feedback {
     Estimate { bps: u64 },
     /// Receiver Estimated Maximum Bitrate, bit/s.
     Remb { bps: u64 },
-    /// Fraction of our packets the receiver lost since its last report (0..1).
-    Loss { fraction: f64 },
+    /// Fraction of our packets the receiver lost since its last report (0..1), and what we sent
+    /// it over about the same time, bit/s (None: not known).
+    Loss {
+        fraction: f64,
+        sent_bps: Option<u64>,
+    },
     /// What the sink was sent beyond its video over the last second (RTX, padding, audio,
     /// packet headers), bit/s.
     Overhead { bps: u64 },
@@ -189,7 +193,7 @@ impl RateController {
                     self.estimate_cap.bps = self.video_share(e);
                 }
             }
-            Feedback::Loss { fraction } => self.on_loss(now, fraction),
+            Feedback::Loss { fraction, sent_bps } => self.on_loss(now, fraction, sent_bps),
             Feedback::Buffer {
                 buffered_ms,
                 sent_bps,
@@ -205,15 +209,19 @@ impl RateController {
         e * ESTIMATE_SHARE - overhead
     }
 
-    fn on_loss(&mut self, now: Instant, fraction: f64) {
+    fn on_loss(&mut self, now: Instant, fraction: f64, sent_bps: Option<u64>) {
         let fraction = fraction.clamp(0.0, 1.0);
         if fraction >= LOSS_LOW {
             self.last_loss_at = Some(now);
         }
         let current = self.loss_cap.bps.min(self.target as f64);
         if fraction > LOSS_HIGH {
-            self.loss_cap
-                .decrease(now, current * (1.0 - 0.5 * fraction));
+            // GCC's rule, but never under what demonstrably got through (sent × (1 − loss), with
+            // a margin): a burst of loss while a backlog drains says little about the capacity,
+            // and a cap that falls to the floor takes a minute to climb back at 8 % a second.
+            let delivered = sent_bps.map_or(0.0, |s| s as f64 * (1.0 - fraction) * 0.85);
+            let to = (current * (1.0 - 0.5 * fraction)).max(delivered.min(current));
+            self.loss_cap.decrease(now, to);
         } else if fraction < LOSS_LOW && self.loss_cap.bps.is_finite() {
             self.loss_cap.bps *= 1.08;
             if self.loss_cap.bps >= self.cfg.max_bps as f64 {
@@ -350,31 +358,77 @@ mod tests {
     fn loss_lowers_then_recovers_slowly() {
         let t = Instant::now();
         let mut c = ctl();
-        c.on_feedback(t, Feedback::Loss { fraction: 0.2 });
+        c.on_feedback(
+            t,
+            Feedback::Loss {
+                fraction: 0.2,
+                sent_bps: None,
+            },
+        );
         assert_eq!(c.target_bps(), 4_500_000);
         assert_eq!(c.limited_by(), Some(Reason::Loss));
         // A second report within the interval does not compound the decrease.
         c.on_feedback(
             t + Duration::from_millis(200),
-            Feedback::Loss { fraction: 0.2 },
+            Feedback::Loss {
+                fraction: 0.2,
+                sent_bps: None,
+            },
         );
         assert_eq!(c.target_bps(), 4_500_000);
-        c.on_feedback(t + Duration::from_secs(2), Feedback::Loss { fraction: 0.3 });
+        c.on_feedback(
+            t + Duration::from_secs(2),
+            Feedback::Loss {
+                fraction: 0.3,
+                sent_bps: None,
+            },
+        );
         assert_eq!(c.target_bps(), 3_825_000);
         // Moderate loss holds.
         c.on_feedback(
             t + Duration::from_secs(3),
-            Feedback::Loss { fraction: 0.05 },
+            Feedback::Loss {
+                fraction: 0.05,
+                sent_bps: None,
+            },
         );
         assert_eq!(c.target_bps(), 3_825_000);
         // Clean reports climb 8 % each, back to the max.
         let mut s = 4;
         while c.target_bps() < 5_000_000 {
-            c.on_feedback(t + Duration::from_secs(s), Feedback::Loss { fraction: 0.0 });
+            c.on_feedback(
+                t + Duration::from_secs(s),
+                Feedback::Loss {
+                    fraction: 0.0,
+                    sent_bps: None,
+                },
+            );
             s += 1;
             assert!(s < 20, "climbs back within a few reports");
         }
         assert_eq!(c.limited_by(), None);
+    }
+
+    #[test]
+    fn heavy_loss_never_cuts_under_what_got_through() {
+        let t = Instant::now();
+        let mut c = ctl();
+        // 40 % lost of 2.5 Mbit/s sent: 1.5 got through; GCC alone would say 4 Mbit/s × 0.8,
+        // then keep cutting 20 % a second.
+        let loss = |s| Feedback::Loss {
+            fraction: 0.4,
+            sent_bps: Some(s),
+        };
+        c.on_feedback(t, loss(2_500_000));
+        assert_eq!(c.target_bps(), 4_000_000);
+        for s in 1..10 {
+            c.on_feedback(t + Duration::from_secs(s), loss(2_500_000));
+        }
+        assert_eq!(
+            c.target_bps(),
+            1_275_000,
+            "floored at what got through × 0.85"
+        );
     }
 
     #[test]

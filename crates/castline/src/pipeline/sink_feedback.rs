@@ -57,7 +57,10 @@ impl SinkFeedback {
             if r.receiver_reports > self.last_reports {
                 self.last_reports = r.receiver_reports;
                 if let Some(fraction) = r.loss {
-                    feedback.push(Feedback::Loss { fraction });
+                    feedback.push(Feedback::Loss {
+                        fraction,
+                        sent_bps: Some(sent_bps),
+                    });
                 }
             }
         }

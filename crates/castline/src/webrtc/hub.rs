@@ -824,12 +824,14 @@ impl HubCore {
                 // and loss-based estimates; str0m's TWCC estimate reacts to loss more slowly).
                 let loss = s.egress_loss_fraction;
                 let mut overhead = None;
+                let mut sent_bps = None;
                 if let Some((t, b, v)) = p.last_peer_stats {
                     let dt = s.timestamp.saturating_duration_since(t).as_secs_f64();
                     if dt > 0.0 {
                         let sent = s.bytes_tx.saturating_sub(b) as f64 * 8.0 / dt;
                         let video = p.video_bytes.saturating_sub(v) as f64 * 8.0 / dt;
                         p.report.bitrate_kbps = (sent / 1000.0).round();
+                        sent_bps = Some(sent as u64);
                         overhead = Some((sent - video).max(0.0) as u64);
                     }
                 }
@@ -839,7 +841,8 @@ impl HubCore {
                     self.on_feedback(id, now, Feedback::Overhead { bps });
                 }
                 if let Some(l) = loss {
-                    self.on_feedback(id, now, Feedback::Loss { fraction: l as f64 });
+                    let fraction = l as f64;
+                    self.on_feedback(id, now, Feedback::Loss { fraction, sent_bps });
                 }
             }
             Event::MediaEgressStats(s) => {
