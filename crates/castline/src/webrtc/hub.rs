@@ -909,7 +909,9 @@ impl HubCore {
         // sends is all it learns from). Once the loss has stopped, an allocation probe (asked for
         // by raising the desired rate above the estimate) tells sooner whether the path carries
         // the main tier again, as libwebrtc probes after a large drop.
-        let p = self.peers.get_mut(&id).expect("looked up above");
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
         let quiet = p
             .rate
             .as_ref()
