@@ -65,9 +65,11 @@ enum Command {
         pipeline: PipelineArgs,
     },
     /// Publish over WebRTC to a WHIP endpoint (an SFU or media server), e.g.
-    /// https://sfu.example/whip/room.
+    /// https://sfu.example/whip/room, or into a LiveKit room: livekit://HOST:PORT or
+    /// livekit+wss://HOST (with --token, or --api-key/--api-secret/--room).
     Publish {
-        /// WHIP endpoint URL (http://, https://, or with a whip+ prefix), or plain RTP:
+        /// WHIP endpoint URL (http://, https://, or with a whip+ prefix), a LiveKit server
+        /// (livekit://, livekit+wss://, ws://, wss://), or plain RTP:
         /// rtp://IP:PORT?video_pt=N&video_ssrc=N[&audio_pt=N&audio_ssrc=N].
         #[arg(required_unless_present = "session")]
         url: Option<String>,
@@ -78,6 +80,9 @@ enum Command {
         /// Bearer token for the WHIP endpoint (never printed).
         #[arg(long, env = "CASTLINE_WHIP_BEARER", hide_env_values = true)]
         bearer: Option<String>,
+        /// LiveKit access token (same as --livekit-token; never printed).
+        #[arg(long)]
+        token: Option<String>,
         /// Plain RTP: largest datagram in bytes, RTP header included (256–9000; default 1200,
         /// or the target's mtu= / rtp.mtu).
         #[arg(long, value_name = "BYTES")]
@@ -159,6 +164,60 @@ struct PipelineArgs {
     network: NetworkArgs,
     #[command(flatten)]
     adapt: AdaptArgs,
+    #[command(flatten)]
+    livekit: LiveKitArgs,
+}
+
+/// Access to a LiveKit room (livekit:// outputs). Tokens and secrets are never printed.
+#[derive(Args)]
+#[command(next_help_heading = "LiveKit")]
+struct LiveKitArgs {
+    /// A ready access token (the room is in it).
+    #[arg(long, env = "CASTLINE_LIVEKIT_TOKEN", hide_env_values = true)]
+    livekit_token: Option<String>,
+    /// Or make tokens: the API key…
+    #[arg(long, env = "LIVEKIT_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// …its secret…
+    #[arg(long, env = "LIVEKIT_API_SECRET", hide_env_values = true)]
+    api_secret: Option<String>,
+    /// …the room to join…
+    #[arg(long)]
+    room: Option<String>,
+    /// …and the participant identity (default: castline-HOSTNAME).
+    #[arg(long)]
+    identity: Option<String>,
+}
+
+impl LiveKitArgs {
+    fn auth(&self, token: Option<&str>) -> Result<castline::output::livekit::LiveKitAuth, Failure> {
+        use castline::output::livekit::LiveKitAuth;
+        if let Some(t) = token.or(self.livekit_token.as_deref()) {
+            if self.api_key.is_some() && self.room.is_some() {
+                return Err(usage("give either a token or --api-key/--api-secret/--room, not both".into()));
+            }
+            return Ok(LiveKitAuth::Token(t.trim().to_string()));
+        }
+        match (&self.api_key, &self.api_secret, &self.room) {
+            (Some(k), Some(s), Some(r)) => Ok(LiveKitAuth::Keys {
+                api_key: k.clone(),
+                api_secret: s.clone(),
+                room: r.clone(),
+                identity: self.identity.clone().unwrap_or_else(|| {
+                    format!(
+                        "castline-{}",
+                        std::fs::read_to_string("/etc/hostname")
+                            .map(|h| h.trim().to_string())
+                            .unwrap_or_else(|_| "host".into())
+                    )
+                }),
+            }),
+            (None, None, None) => Err(usage(
+                "a livekit:// output needs --token (or CASTLINE_LIVEKIT_TOKEN), or --api-key, --api-secret and --room".into(),
+            )),
+            _ => Err(usage("making a LiveKit token needs all of --api-key, --api-secret and --room".into())),
+        }
+    }
 }
 
 /// Adaptive quality of live outputs.
@@ -483,6 +542,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             url,
             session,
             bearer,
+            token,
             mtu,
             pipeline,
         } => {
@@ -513,6 +573,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             if mtu.is_some() {
                 return Err(usage("--mtu applies to plain RTP targets only".into()));
+            }
+            if castline::output::livekit::LiveKitTarget::is_livekit_url(&url) {
+                let mut t = castline::output::livekit::LiveKitTarget::parse(&url)
+                    .map_err(|e| usage(e.to_string()))?;
+                t.auth = Some(pipeline.livekit.auth(token.as_deref())?);
+                return run_pipeline(OutputSpec::LiveKit(t), pipeline);
+            }
+            if token.is_some() {
+                return Err(usage("--token is for LiveKit servers; a WHIP endpoint takes --bearer".into()));
             }
             let whip = lower.starts_with("http://")
                 || lower.starts_with("https://")
@@ -632,6 +701,13 @@ fn run_pipeline(primary: OutputSpec, a: PipelineArgs) -> Result<(), Failure> {
     let mut outputs = vec![primary];
     for o in &a.outputs {
         outputs.push(o.parse::<OutputSpec>().map_err(|e| usage(e.to_string()))?);
+    }
+    for o in &mut outputs {
+        if let OutputSpec::LiveKit(t) = o {
+            if t.auth.is_none() {
+                t.auth = Some(a.livekit.auth(None)?);
+            }
+        }
     }
     let webrtc = outputs.iter().any(|o| o.is_webrtc());
     let profile = match a.profile {

@@ -59,7 +59,7 @@ pub enum EncodeError {
 /// Output failures. URLs inside are always redacted (no stream keys or tokens).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum OutputError {
-    #[error("unsupported output '{0}': expected a path ending in .mp4 or .mov, an rtmp:// or rtmps:// URL, serve://IP:PORT or whip+http(s)://…")]
+    #[error("unsupported output '{0}': expected a path ending in .mp4 or .mov, an rtmp:// or rtmps:// URL, serve://IP:PORT, whip+http(s)://…, rtp://… or livekit://…")]
     Unsupported(String),
     #[error("invalid stream URL '{url}': {reason}")]
     InvalidUrl { url: String, reason: String },
@@ -93,6 +93,9 @@ pub enum OutputError {
     },
     #[error("cannot listen on {addr}: {reason}")]
     Bind { addr: String, reason: String },
+    /// The server ended the session for good (participant removed, room deleted).
+    #[error("{url} ended the session: {reason}")]
+    Ended { url: String, reason: String },
 }
 
 impl OutputError {
@@ -124,6 +127,7 @@ impl OutputError {
             Self::Lost { .. } => "connection_lost",
             Self::GaveUp { .. } => "gave_up",
             Self::Bind { .. } => "bind_failed",
+            Self::Ended { .. } => "session_ended",
         }
     }
 

@@ -2,6 +2,7 @@
 //! [`PacketQueue`](crate::pipeline::queue::PacketQueue), so a slow or failed output never stalls
 //! the encoder or the other outputs.
 
+pub mod livekit;
 pub mod mp4;
 mod mux;
 pub mod rtmp;
@@ -100,6 +101,9 @@ pub enum OutputSpec {
     },
     /// Plain RTP (with rtcp-mux) to a native ingest such as a mediasoup PlainTransport.
     Rtp(rtp::RtpTarget),
+    /// A LiveKit room, over LiveKit's signaling (the auth holds a token or API secret: never
+    /// log it).
+    LiveKit(livekit::LiveKitTarget),
 }
 
 impl OutputSpec {
@@ -108,14 +112,17 @@ impl OutputSpec {
         match self {
             // MP4 could hold Opus too, but AAC is what every player of an .mp4 expects.
             Self::Mp4(_) | Self::Rtmp(_) => AudioCodec::Aac,
-            Self::Serve(_) | Self::Whip { .. } | Self::Rtp(_) => AudioCodec::Opus,
+            Self::Serve(_) | Self::Whip { .. } | Self::Rtp(_) | Self::LiveKit(_) => AudioCodec::Opus,
         }
     }
 
     /// Whether this output goes to WebRTC peers, which only decode constrained baseline or
     /// main profile H.264 (no High).
     pub fn is_webrtc(&self) -> bool {
-        matches!(self, Self::Serve(_) | Self::Whip { .. } | Self::Rtp(_))
+        matches!(
+            self,
+            Self::Serve(_) | Self::Whip { .. } | Self::Rtp(_) | Self::LiveKit(_)
+        )
     }
 
     /// A name safe to log.
@@ -126,6 +133,7 @@ impl OutputSpec {
             Self::Serve(o) => format!("serve://{}", o.listen),
             Self::Whip { url, .. } => format!("whip {}", whip::redact_whip_url(url)),
             Self::Rtp(t) => format!("rtp://{}", t.addr),
+            Self::LiveKit(t) => format!("livekit {}", livekit::redact_livekit_url(&t.ws_url)),
         }
     }
 }
@@ -151,6 +159,9 @@ impl std::str::FromStr for OutputSpec {
                 url: s.to_string(),
                 bearer: None,
             });
+        }
+        if livekit::LiveKitTarget::is_livekit_url(s) {
+            return Ok(Self::LiveKit(livekit::LiveKitTarget::parse(s)?));
         }
         if lower_url.starts_with("rtp://") {
             return Ok(Self::Rtp(rtp::RtpTarget::parse_url(s)?));
@@ -235,6 +246,14 @@ pub fn open_output(
         OutputSpec::Whip { url, bearer } => Ok(Box::new(whip::WhipOutput::connect(
             url,
             bearer.clone(),
+            info,
+            clock,
+            keyframe,
+            rtmp.clone(),
+            live.peer_adapt(info),
+        )?)),
+        OutputSpec::LiveKit(t) => Ok(Box::new(livekit::LiveKitOutput::connect(
+            t,
             info,
             clock,
             keyframe,

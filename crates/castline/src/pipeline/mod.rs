@@ -251,7 +251,10 @@ impl Pipeline {
                 }
                 OutputSpec::Rtmp(_) => PacketQueue::new(cfg.rtmp.buffer_packets, cfg.rtmp.buffer),
                 // Live to people: a short queue; late video is worse than a skipped frame.
-                OutputSpec::Serve(_) | OutputSpec::Whip { .. } | OutputSpec::Rtp(_) => {
+                OutputSpec::Serve(_)
+                | OutputSpec::Whip { .. }
+                | OutputSpec::Rtp(_)
+                | OutputSpec::LiveKit(_) => {
                     PacketQueue::new(60, Duration::from_millis(500))
                 }
             };

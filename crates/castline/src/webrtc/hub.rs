@@ -116,6 +116,11 @@ pub struct HubConfig {
     /// Adaptive quality: each peer's rate controller, fed by str0m's TWCC estimate (and REMB).
     /// None: every peer takes the main encode whatever its path.
     pub adapt: Option<PeerAdapt>,
+    /// Offers made by this hub list only this H.264 profile-level-id (packetization mode 1):
+    /// what the encoder really sends. Some SFUs (LiveKit) take the first H.264 format of their
+    /// answer as the track's codec, and a sender that then uses another payload type is seen as
+    /// a codec change. None: str0m's full list.
+    pub offer_h264: Option<u32>,
 }
 
 /// How the hub's peers adapt.
@@ -138,6 +143,7 @@ impl Default for HubConfig {
             keyframe_interval: Duration::from_millis(500),
             name: "webrtc".into(),
             adapt: None,
+            offer_h264: None,
         }
     }
 }
@@ -586,10 +592,13 @@ impl HubCore {
         }
     }
 
-    fn new_rtc(&self) -> Rtc {
-        let mut rtc = RtcConfig::new()
-            .clear_codecs()
-            .enable_h264(true)
+    fn new_rtc(&self, offer: bool) -> Rtc {
+        let mut cfg = RtcConfig::new().clear_codecs();
+        match self.cfg.offer_h264 {
+            Some(profile) if offer => cfg.codec_config().add_h264(108.into(), Some(109.into()), true, profile),
+            _ => cfg = cfg.enable_h264(true),
+        }
+        let mut rtc = cfg
             .enable_opus(true, false)
             .set_ice_lite(self.cfg.ice_lite)
             .set_stats_interval(Some(Duration::from_secs(1)))
@@ -657,7 +666,7 @@ impl HubCore {
             return Err(HubError::Full(self.cfg.max_peers));
         }
         let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| HubError::BadSdp(e.to_string()))?;
-        let mut rtc = self.new_rtc();
+        let mut rtc = self.new_rtc(false);
         let answer = rtc
             .sdp_api()
             .accept_offer(offer)
@@ -676,7 +685,7 @@ impl HubCore {
         via: &'static str,
         audio: bool,
     ) -> Result<(PeerId, String), HubError> {
-        let mut rtc = self.new_rtc();
+        let mut rtc = self.new_rtc(true);
         let mut api = rtc.sdp_api();
         let stream = Some("castline".to_string());
         api.add_media(
@@ -1122,12 +1131,14 @@ fn add_track(p: &mut Peer, mid: Mid, kind: MediaKind, direction: Direction) {
         MediaKind::Audio => Codec::Opus,
     };
     // For H.264, prefer packetization-mode 1 (FU-A; mode 0 cannot carry big NAL units), then
-    // constrained baseline, which every H.264 decoder takes.
+    // constrained baseline (42e0xx: what SFUs such as LiveKit register, and every H.264 decoder
+    // takes), then any baseline.
     let rank = |pp: &&str0m::format::PayloadParams| {
         let f = pp.spec().format;
         let mode1 = f.packetization_mode == Some(1);
+        let constrained = f.profile_level_id.is_some_and(|id| id >> 8 == 0x42e0);
         let baseline = f.profile_level_id.is_some_and(|id| id >> 16 == 0x42);
-        (mode1 as u8) * 2 + baseline as u8
+        (mode1 as u8) * 4 + (constrained as u8) * 2 + baseline as u8
     };
     let Some(pt) = w
         .payload_params()
