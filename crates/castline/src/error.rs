@@ -77,9 +77,7 @@ pub enum OutputError {
     Refused { url: String },
     #[error("{url} is unreachable: {reason}")]
     Unreachable { url: String, reason: String },
-    #[error(
-        "{url} rejected the connection or publish (check the app name and stream key): {reason}"
-    )]
+    #[error("{url} rejected the connection or publish: {reason}")]
     Rejected { url: String, reason: String },
     #[error("network stalled: {url} accepted no data for {secs} s")]
     Stalled { url: String, secs: u64 },

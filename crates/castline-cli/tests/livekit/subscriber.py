@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import sys
 import time
 
@@ -80,6 +81,16 @@ async def main():
     tasks = []
     last_frame = [None]
 
+    def guarded(coro):
+        async def run():
+            try:
+                await coro
+            except asyncio.CancelledError:
+                pass
+            except Exception as e:  # a broken reader must show, not count zero frames silently
+                emit(event="error", error=repr(e))
+        return asyncio.ensure_future(run())
+
     async def video(track):
         stream = rtc.VideoStream(track, format=rtc.VideoBufferType.I420)
         async for ev in stream:
@@ -104,7 +115,9 @@ async def main():
         stream = rtc.AudioStream(track)
         acc, n = 0.0, 0
         async for ev in stream:
-            d = memoryview(ev.frame.data).cast("h")
+            d = memoryview(ev.frame.data)
+            if d.format != "h":
+                d = d.cast("B").cast("h")
             acc += sum(x * x for x in d[::8])
             n += len(d[::8])
             st["audio_frames"] += 1
@@ -117,10 +130,10 @@ async def main():
              participant=participant.identity, sid=pub.sid, t=round(time.monotonic() - t0, 3))
         if track.kind == rtc.TrackKind.KIND_VIDEO:
             st["video_source"] = rtc.TrackSource.Name(pub.source)
-            tasks.append(asyncio.ensure_future(video(track)))
+            tasks.append(guarded(video(track)))
         elif track.kind == rtc.TrackKind.KIND_AUDIO:
             st["audio_source"] = rtc.TrackSource.Name(pub.source)
-            tasks.append(asyncio.ensure_future(audio(track)))
+            tasks.append(guarded(audio(track)))
 
     loopback_stun = rtc.IceServer(urls=["stun:127.0.0.1:3478"])
     opts = rtc.RoomOptions(
@@ -137,9 +150,9 @@ async def main():
     st["latency_samples"] = len(lat)
     del st["latency_ms"]
     emit(event="summary", **st)
-    for t in tasks:
-        t.cancel()
-    await room.disconnect()
+    # Leave at once: tearing down live streams in the client core can abort the process.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

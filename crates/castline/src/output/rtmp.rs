@@ -317,7 +317,7 @@ impl RtmpOutput {
                 reason: if t.tls {
                     format!("TLS handshake (certificate not trusted?) or publish failed: {e}")
                 } else {
-                    e.to_string()
+                    format!("{e} (check the app name and stream key)")
                 },
             },
         })
@@ -472,7 +472,9 @@ impl Output for RtmpOutput {
                 self.session = None;
                 Err(OutputError::Rejected {
                     url: self.target.redacted.clone(),
-                    reason: format!("the server closed the session right after publish ({e})"),
+                    reason: format!(
+                        "the server closed the session right after publish ({e}); check the app name and stream key"
+                    ),
                 })
             }
             Err(e) => {

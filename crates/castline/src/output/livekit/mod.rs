@@ -220,6 +220,14 @@ pub fn redact_livekit_url(url: &str) -> String {
     format!("{scheme}://{host}")
 }
 
+/// A server message with anything that looks like a JWT (a token) cut out.
+fn scrub(text: &str) -> String {
+    text.split_whitespace()
+        .map(|w| if w.contains("eyJ") { "<redacted>" } else { w })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 struct Session {
     signal: Signal,
     peer: PeerId,
@@ -335,24 +343,20 @@ impl LiveKitOutput {
             ConnectError::Dns(host) => OutputError::Dns { url, host },
             ConnectError::Refused => OutputError::Refused { url },
             ConnectError::Unreachable(reason) => OutputError::Unreachable { url, reason },
-            ConnectError::Http(status @ (401 | 403), body) => OutputError::Rejected {
+            // LiveKit echoes the token in its 401 body: never repeat it.
+            ConnectError::Http(status @ (401 | 403), _) => OutputError::Rejected {
                 url,
                 reason: format!(
-                    "HTTP {status}: the server refused the access token{}",
-                    if body.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({body})")
-                    }
+                    "HTTP {status}: the server refused the access token (bad signature, wrong key, expired or not yet valid)"
                 ),
             },
             ConnectError::Http(status @ 400..=499, body) => OutputError::Rejected {
                 url,
-                reason: format!("HTTP {status}: {body}"),
+                reason: format!("HTTP {status}: {}", scrub(&body)),
             },
             ConnectError::Http(status, body) => OutputError::Unreachable {
                 url,
-                reason: format!("HTTP {status}: {body}"),
+                reason: format!("HTTP {status}: {}", scrub(&body)),
             },
         }
     }
@@ -614,8 +618,10 @@ impl Output for LiveKitOutput {
 
     fn write(&mut self, pkt: &EncodedPacket) -> Result<Written, OutputError> {
         if !self.maintain()? {
+            // No keyframe request while down: a rejoined peer asks for one itself, and forced
+            // keyframes would bloat a recording fed by the same encode.
             return Ok(Written::Skipped {
-                want_keyframe: pkt.media == MediaKind::Video,
+                want_keyframe: false,
             });
         }
         let data = match (pkt.media, pkt.keyframe) {
@@ -723,6 +729,7 @@ mod tests {
         };
         assert!(cannot_publish(&expired, false).is_some());
         assert!(token_claims("garbage").is_err());
+        assert_eq!(scrub("invalid token: eyJhbGci.x.y, bad"), "invalid token: <redacted> bad");
         assert!(token_claims("a.!!!.c").is_err());
     }
 }
