@@ -71,3 +71,30 @@ if [ ! -d "$ROOT/bindings/node/node_modules/@napi-rs/cli" ]; then
   # npm install, not ci: the lock file lists only the build tool's packages for this platform.
   (cd "$ROOT/bindings/node" && npm install --no-audit --no-fund --loglevel=error)
 fi
+
+# LiveKit tests: the real LiveKit server, built from the Go module proxy (cached outside the
+# repository, never committed), and LiveKit's own Python client as the subscriber. Without Go the
+# LiveKit tests say so and skip.
+LIVEKIT_SERVER_VERSION=v1.13.5
+LIVEKIT_BIN_DIR="$HOME/.cache/castline/livekit-bin"
+[ -d /usr/local/go/bin ] && case ":$PATH:" in *:/usr/local/go/bin:*) ;; *) export PATH="$PATH:/usr/local/go/bin" ;; esac
+if [ "$(cat "$LIVEKIT_BIN_DIR/server.version" 2>/dev/null)" != "$LIVEKIT_SERVER_VERSION" ] || [ ! -x "$LIVEKIT_BIN_DIR/server" ]; then
+  if command -v go >/dev/null 2>&1; then
+    echo "setup: building livekit-server $LIVEKIT_SERVER_VERSION (go install, a few minutes)"
+    if GOBIN="$LIVEKIT_BIN_DIR" CGO_ENABLED=0 GOFLAGS=-mod=mod \
+        go install "github.com/livekit/livekit-server/cmd/server@$LIVEKIT_SERVER_VERSION"; then
+      echo "$LIVEKIT_SERVER_VERSION" > "$LIVEKIT_BIN_DIR/server.version"
+    else
+      echo "setup: WARNING: building the LiveKit server failed; the LiveKit tests will skip" >&2
+    fi
+  else
+    echo "setup: no Go toolchain: the LiveKit tests will skip (install Go to run them)"
+  fi
+fi
+if ! python3 -c "import livekit.rtc, livekit.api" >/dev/null 2>&1; then
+  echo "setup: pip install livekit livekit-api (LiveKit's client, for the LiveKit tests)"
+  PIP_PKGS=(livekit==1.2.1 livekit-api==1.2.2)
+  python3 -m pip install -q --disable-pip-version-check "${PIP_PKGS[@]}" 2>/dev/null \
+    || python3 -m pip install -q --disable-pip-version-check --break-system-packages "${PIP_PKGS[@]}" \
+    || echo "setup: WARNING: pip could not install the LiveKit client; the LiveKit tests will skip" >&2
+fi

@@ -74,9 +74,13 @@ pub struct AudioDevices {
 #[derive(Clone)]
 pub struct ShareOptions {
     /// `file:///…/out.mp4` (or a plain path), `rtmp://…`, `rtmps://…`, `whip+https://…`,
-    /// `serve://127.0.0.1:8080`, or plain RTP:
+    /// `serve://127.0.0.1:8080`, `livekit://HOST:PORT`, or plain RTP:
     /// `rtp://IP:PORT?video_pt=N&video_ssrc=N[&audio_pt=N&audio_ssrc=N][&mtu=BYTES]`.
-    pub target: String,
+    /// With `serverUrl`, an extra output beside the LiveKit room (e.g. a recording).
+    pub target: Option<String>,
+    /// A LiveKit server (`ws://…`, `wss://…`, as LiveKit's SDKs take it) to publish the screen
+    /// share into; `token` is the access token (the room is in it).
+    pub server_url: Option<String>,
     /// `primary` (default), `display`, `window` or `testsrc`.
     pub target_type: Option<String>,
     /// Display index or window handle.
@@ -89,7 +93,7 @@ pub struct ShareOptions {
     pub show_cursor: Option<bool>,
     /// Capture audio (default false).
     pub capture_audio: Option<bool>,
-    /// `system` (default), `mic`, `both`, `app:NAME`, `app:PID`.
+    /// `system` (default), `mic`, `both`, `app:NAME`, `app:PID`, or a bare PID.
     pub audio_mode: Option<String>,
     /// `auto` (default), `x264`, `vaapi`, `nvenc`, `qsv`.
     pub encoder: Option<String>,
@@ -97,7 +101,8 @@ pub struct ShareOptions {
     pub size: Option<String>,
     /// x264 preset.
     pub preset: Option<String>,
-    /// Bearer token for a WHIP target; viewer token for `serve://`.
+    /// LiveKit access token with `serverUrl`; else the bearer token of a WHIP target, or the
+    /// viewer token of `serve://`.
     pub token: Option<String>,
     /// Adaptive quality of live targets (default true): bitrate follows the path, congested
     /// viewers get a lower tier (fps first, then size), CPU pressure lowers the frame rate.
@@ -276,20 +281,53 @@ pub fn list_audio() -> Result<AudioDevices> {
 /// Turn JS options into a pipeline configuration; every mistake is an `invalid_option`.
 fn config(o: &ShareOptions) -> Result<PipelineConfig> {
     let bad = |m: String| err("invalid_option", m);
-    let t = o.target.trim();
-    let lower = t.to_ascii_lowercase();
-    let mut output = if lower.starts_with("whip+") {
-        OutputSpec::Whip {
-            url: t.to_string(),
-            bearer: o.token.clone(),
-        }
-    } else {
-        t.parse::<OutputSpec>().map_err(|e| bad(e.to_string()))?
-    };
-    if let (OutputSpec::Serve(s), Some(tok)) = (&mut output, &o.token) {
-        s.token = Some(tok.clone());
+    let mut outputs = Vec::new();
+    if let Some(url) = o.server_url.as_deref() {
+        let mut t = castline::output::livekit::LiveKitTarget::parse(url.trim())
+            .map_err(|e| bad(e.to_string()))?;
+        let token = o
+            .token
+            .clone()
+            .filter(|t| !t.trim().is_empty())
+            .ok_or_else(|| bad("serverUrl needs token (a LiveKit access token)".into()))?;
+        t.auth = Some(castline::output::livekit::LiveKitAuth::Token(
+            token.trim().to_string(),
+        ));
+        outputs.push(OutputSpec::LiveKit(t));
     }
-    let webrtc = output.is_webrtc();
+    if let Some(target) = o.target.as_deref() {
+        let t = target.trim();
+        let lower = t.to_ascii_lowercase();
+        let mut output = if lower.starts_with("whip+") {
+            OutputSpec::Whip {
+                url: t.to_string(),
+                bearer: o.token.clone().filter(|_| o.server_url.is_none()),
+            }
+        } else {
+            t.parse::<OutputSpec>().map_err(|e| bad(e.to_string()))?
+        };
+        match (&mut output, &o.token) {
+            (OutputSpec::Serve(s), Some(tok)) if o.server_url.is_none() => {
+                s.token = Some(tok.clone())
+            }
+            (OutputSpec::LiveKit(l), Some(tok)) if o.server_url.is_none() => {
+                l.auth = Some(castline::output::livekit::LiveKitAuth::Token(tok.clone()))
+            }
+            (OutputSpec::LiveKit(_), _) => {
+                return Err(bad(
+                    "a LiveKit target needs token (or use serverUrl + token)".into(),
+                ))
+            }
+            _ => {}
+        }
+        outputs.push(output);
+    }
+    if outputs.is_empty() {
+        return Err(bad(
+            "nothing to publish to: give target, or serverUrl + token (LiveKit)".into(),
+        ));
+    }
+    let webrtc = outputs.iter().any(|o| o.is_webrtc());
     let source =
         match o.target_type.as_deref().unwrap_or("primary") {
             "primary" | "screen" => SourceSpec::Screen,
@@ -340,8 +378,14 @@ fn config(o: &ShareOptions) -> Result<PipelineConfig> {
         }
     };
     let audio = if o.capture_audio.unwrap_or(false) {
-        let mode = o.audio_mode.as_deref().unwrap_or("system");
-        let sources: Vec<AudioSourceSpec> = parse_audio_sources(mode).map_err(bad)?;
+        let mode = o.audio_mode.as_deref().unwrap_or("system").trim();
+        // A bare process id (the Electron screen-share API's form) is one application's audio.
+        let mode = if !mode.is_empty() && mode.bytes().all(|b| b.is_ascii_digit()) {
+            format!("app:{mode}")
+        } else {
+            mode.to_string()
+        };
+        let sources: Vec<AudioSourceSpec> = parse_audio_sources(&mode).map_err(bad)?;
         AudioConfig {
             sources,
             ..AudioConfig::default()
@@ -369,7 +413,7 @@ fn config(o: &ShareOptions) -> Result<PipelineConfig> {
             keyint_s: keyint,
             ..EncoderSettings::default()
         },
-        outputs: vec![output],
+        outputs,
         audio,
         adapt: castline::adapt::AdaptConfig {
             enabled: o.adapt.unwrap_or(true),

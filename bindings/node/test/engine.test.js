@@ -259,3 +259,101 @@ test('a serve:// session reports its viewer URL, which needs the token', async (
   await s.stop();
   assert.strictEqual(s.isRunning(), false);
 });
+
+// LiveKit: the Electron screen-share call, unchanged in shape, into a real LiveKit server (built
+// by scripts/setup.sh from the Go module proxy), checked by LiveKit's own Python client.
+const livekitBin = process.env.CASTLINE_LIVEKIT_SERVER
+  || path.join(os.homedir(), '.cache/castline/livekit-bin/server');
+const haveLiveKit = fs.existsSync(livekitBin)
+  && spawnSync('python3', ['-c', 'import livekit.rtc, livekit.api']).status === 0;
+const LK_KEY = 'nodetest';
+const LK_SECRET = 'node-test-secret-0123456789abcdefghij';
+
+function freePort() {
+  const net = require('node:net');
+  return new Promise((resolve) => {
+    const srv = net.createServer();
+    srv.listen(0, '127.0.0.1', () => { const { port } = srv.address(); srv.close(() => resolve(port)); });
+  });
+}
+
+async function startLiveKit() {
+  const port = await freePort();
+  const udp = await freePort();
+  const dir = fs.mkdtempSync(path.join(tmp, 'livekit-'));
+  const conf = path.join(dir, 'livekit.yaml');
+  // Loopback only; a loopback STUN address so nothing asks a public STUN server.
+  fs.writeFileSync(conf, [
+    `port: ${port}`, 'bind_addresses: [127.0.0.1]', 'log_level: warn', 'rtc:',
+    '  node_ip: 127.0.0.1', `  udp_port: ${udp}`, '  tcp_port: 0', '  use_external_ip: false',
+    '  enable_loopback_candidate: true', '  stun_servers: ["127.0.0.1:3478"]',
+    '  ips:', '    includes: [127.0.0.1/32]', 'keys:', `  ${LK_KEY}: ${LK_SECRET}`, ''].join('\n'));
+  const proc = spawn(livekitBin, ['--config', conf], { stdio: 'ignore' });
+  for (let i = 0; i < 150; i++) {
+    try { if ((await fetch(`http://127.0.0.1:${port}/`)).ok) break; } catch (e) { /* starting */ }
+    await sleep(100);
+  }
+  return { proc, port, url: `ws://127.0.0.1:${port}` };
+}
+
+function livekitToken(room, identity, canPublish) {
+  return execFileSync('python3', ['-c',
+    'import sys; from livekit import api; print(api.AccessToken(sys.argv[1], sys.argv[2])'
+    + '.with_identity(sys.argv[3]).with_grants(api.VideoGrants(room_join=True, room=sys.argv[4],'
+    + ' can_publish=sys.argv[5] == "1")).to_jwt())',
+    LK_KEY, LK_SECRET, identity, room, canPublish ? '1' : '0']).toString().trim();
+}
+
+test('startScreenShare({ serverUrl, token }) publishes a screen share into a LiveKit room',
+  { skip: !haveLiveKit && 'no LiveKit server or Python client (scripts/setup.sh installs them)' },
+  async () => {
+    const lk = await startLiveKit();
+    try {
+      const token = livekitToken('node-room', 'node-publisher', true);
+      const errors = [];
+      const stats = [];
+      let stopped = false;
+      await engine.startScreenShare(
+        { serverUrl: lk.url, token, targetType: 'primary',
+          targetId: undefined, fps: 30, bitrate: 2_000_000, showCursor: true,
+          captureAudio: false, audioMode: 'system' },
+        (error) => errors.push(error), () => { stopped = true; },
+        (s) => stats.push(s));
+      const script = path.join(__dirname, '../../../crates/castline-cli/tests/livekit/subscriber.py');
+      // Asynchronously: the engine's stats callbacks need the event loop meanwhile.
+      const sub = await new Promise((resolve) => {
+        const p = spawn('python3', [script, '--url', lk.url, '--api-key', LK_KEY,
+          '--api-secret', LK_SECRET, '--room', 'node-room', '--seconds', '5']);
+        let stdout = '';
+        let stderr = '';
+        p.stdout.on('data', (d) => { stdout += d; });
+        p.stderr.on('data', (d) => { stderr += d; });
+        p.on('close', () => resolve({ stdout, stderr }));
+      });
+      const summary = sub.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l))
+        .find((e) => e.event === 'summary');
+      assert.ok(summary, sub.stdout + sub.stderr);
+      assert.strictEqual(summary.video_source, 'SOURCE_SCREENSHARE');
+      assert.ok(summary.frames >= 60, JSON.stringify(summary));
+      assert.deepStrictEqual(Object.keys(summary.sizes), ['1280x720']);
+      const last = stats[stats.length - 1];
+      assert.ok(last.fps > 20, JSON.stringify(last));
+      // A still (black) Xvfb screen: little to send, but never nothing.
+      assert.ok(last.bitrateMbps > 0, JSON.stringify(last));
+      assert.deepStrictEqual(errors, []);
+      await engine.stopScreenShare();
+      assert.ok(stopped);
+
+      // A token without the publish grant: a classified rejection, nothing started.
+      const viewer = livekitToken('node-room', 'node-viewer', false);
+      await assert.rejects(engine.startScreenShare({ serverUrl: lk.url, token: viewer, targetType: 'testsrc' }),
+        (e) => e.code === 'publish_rejected' && !e.message.includes(viewer));
+      const forged = token.slice(0, -4) + (token.endsWith('AAAA') ? 'BBBB' : 'AAAA');
+      await assert.rejects(engine.startScreenShare({ serverUrl: lk.url, token: forged, targetType: 'testsrc' }),
+        (e) => e.code === 'publish_rejected' && !e.message.includes('eyJ'));
+      await assert.rejects(engine.startScreenShare({ serverUrl: lk.url, targetType: 'testsrc' }),
+        (e) => e.code === 'invalid_option');
+    } finally {
+      lk.proc.kill('SIGKILL');
+    }
+  });

@@ -194,7 +194,9 @@ impl LiveKitArgs {
         use castline::output::livekit::LiveKitAuth;
         if let Some(t) = token.or(self.livekit_token.as_deref()) {
             if self.api_key.is_some() && self.room.is_some() {
-                return Err(usage("give either a token or --api-key/--api-secret/--room, not both".into()));
+                return Err(usage(
+                    "give either a token or --api-key/--api-secret/--room, not both".into(),
+                ));
             }
             return Ok(LiveKitAuth::Token(t.trim().to_string()));
         }
@@ -581,7 +583,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 return run_pipeline(OutputSpec::LiveKit(t), pipeline);
             }
             if token.is_some() {
-                return Err(usage("--token is for LiveKit servers; a WHIP endpoint takes --bearer".into()));
+                return Err(usage(
+                    "--token is for LiveKit servers; a WHIP endpoint takes --bearer".into(),
+                ));
             }
             let whip = lower.starts_with("http://")
                 || lower.starts_with("https://")

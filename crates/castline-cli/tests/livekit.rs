@@ -42,7 +42,9 @@ fn available() -> Option<PathBuf> {
         return None;
     };
     if !python_client() {
-        eprintln!("SKIPPED: the Python LiveKit client is missing (pip install livekit livekit-api)");
+        eprintln!(
+            "SKIPPED: the Python LiveKit client is missing (pip install livekit livekit-api)"
+        );
         return None;
     }
     Some(bin)
@@ -144,7 +146,14 @@ fn subscribe(lk: &LiveKit, room: &str, secs: f64, stamps: bool) -> Vec<Value> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/livekit/subscriber.py");
     let mut cmd = Command::new("python3");
     cmd.arg(script)
-        .args(["--url", &lk.ws(), "--api-key", API_KEY, "--api-secret", API_SECRET])
+        .args([
+            "--url",
+            &lk.ws(),
+            "--api-key",
+            API_KEY,
+            "--api-secret",
+            API_SECRET,
+        ])
         .args(["--room", room, "--seconds", &secs.to_string()]);
     if stamps {
         cmd.arg("--stamps");
@@ -221,7 +230,10 @@ fn publishes_a_screen_share_livekits_own_client_decodes() {
         "every frame has the screen's size: {s}"
     );
     assert!(s["first_frame_s"].as_f64().unwrap() <= 1.0, "{s}");
-    assert!(s["audio_rms"].as_f64().unwrap() > 0.01, "audio has energy: {s}");
+    assert!(
+        s["audio_rms"].as_f64().unwrap() > 0.01,
+        "audio has energy: {s}"
+    );
     assert_eq!(castline.0.wait().unwrap().code(), Some(0));
     assert!(err.contains("livekit_track_published"), "{err}");
     no_secrets(&err, None);

@@ -112,7 +112,9 @@ impl OutputSpec {
         match self {
             // MP4 could hold Opus too, but AAC is what every player of an .mp4 expects.
             Self::Mp4(_) | Self::Rtmp(_) => AudioCodec::Aac,
-            Self::Serve(_) | Self::Whip { .. } | Self::Rtp(_) | Self::LiveKit(_) => AudioCodec::Opus,
+            Self::Serve(_) | Self::Whip { .. } | Self::Rtp(_) | Self::LiveKit(_) => {
+                AudioCodec::Opus
+            }
         }
     }
 

@@ -254,9 +254,7 @@ impl Pipeline {
                 OutputSpec::Serve(_)
                 | OutputSpec::Whip { .. }
                 | OutputSpec::Rtp(_)
-                | OutputSpec::LiveKit(_) => {
-                    PacketQueue::new(60, Duration::from_millis(500))
-                }
+                | OutputSpec::LiveKit(_) => PacketQueue::new(60, Duration::from_millis(500)),
             };
             if let Some(e) = out.endpoint() {
                 endpoints.push(e);

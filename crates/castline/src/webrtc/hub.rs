@@ -595,7 +595,10 @@ impl HubCore {
     fn new_rtc(&self, offer: bool) -> Rtc {
         let mut cfg = RtcConfig::new().clear_codecs();
         match self.cfg.offer_h264 {
-            Some(profile) if offer => cfg.codec_config().add_h264(108.into(), Some(109.into()), true, profile),
+            Some(profile) if offer => {
+                cfg.codec_config()
+                    .add_h264(108.into(), Some(109.into()), true, profile)
+            }
             _ => cfg = cfg.enable_h264(true),
         }
         let mut rtc = cfg

@@ -195,7 +195,9 @@ impl LiveKitTarget {
         .iter()
         .find(|(p, _)| lower.starts_with(p))
         .map(|(p, s)| (*s, &url[p.len()..]))
-        .ok_or_else(|| invalid("a LiveKit server is livekit://HOST:PORT, livekit+wss://HOST or ws(s)://HOST"))?;
+        .ok_or_else(|| {
+            invalid("a LiveKit server is livekit://HOST:PORT, livekit+wss://HOST or ws(s)://HOST")
+        })?;
         if rest.contains('?') || rest.contains('#') {
             return Err(invalid(
                 "the token goes in --token (or CASTLINE_LIVEKIT_TOKEN), not the URL",
@@ -545,8 +547,7 @@ impl LiveKitOutput {
                 }
             }
         }
-        loop {
-            let Some(s) = &self.session else { break };
+        while let Some(s) = &self.session {
             match s.signal.incoming.try_recv() {
                 Ok(Incoming::Closed(why)) => self.session_lost(&why),
                 Ok(Incoming::Event(Event::Leave {
@@ -677,7 +678,9 @@ mod tests {
         let t = LiveKitTarget::parse("livekit://127.0.0.1:7880").unwrap();
         assert_eq!(t.ws_url, "ws://127.0.0.1:7880");
         assert_eq!(
-            LiveKitTarget::parse("livekit+wss://lk.example/").unwrap().ws_url,
+            LiveKitTarget::parse("livekit+wss://lk.example/")
+                .unwrap()
+                .ws_url,
             "wss://lk.example"
         );
         assert_eq!(
@@ -729,7 +732,10 @@ mod tests {
         };
         assert!(cannot_publish(&expired, false).is_some());
         assert!(token_claims("garbage").is_err());
-        assert_eq!(scrub("invalid token: eyJhbGci.x.y, bad"), "invalid token: <redacted> bad");
+        assert_eq!(
+            scrub("invalid token: eyJhbGci.x.y, bad"),
+            "invalid token: <redacted> bad"
+        );
         assert!(token_claims("a.!!!.c").is_err());
     }
 }

@@ -304,7 +304,10 @@ mod tests {
             .decode(q.replace("%3D", "="))
             .unwrap();
         let w = lk::WrappedJoinRequest::decode(bytes.as_slice()).unwrap();
-        assert_eq!(lk::JoinRequest::decode(w.join_request.as_slice()).unwrap(), j);
+        assert_eq!(
+            lk::JoinRequest::decode(w.join_request.as_slice()).unwrap(),
+            j
+        );
     }
 
     fn response(m: lk::signal_response::Message) -> Vec<u8> {

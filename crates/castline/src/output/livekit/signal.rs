@@ -131,7 +131,13 @@ impl Signal {
                 let body = resp
                     .body()
                     .as_ref()
-                    .map(|b| String::from_utf8_lossy(b).trim().chars().take(200).collect())
+                    .map(|b| {
+                        String::from_utf8_lossy(b)
+                            .trim()
+                            .chars()
+                            .take(200)
+                            .collect()
+                    })
                     .unwrap_or_default();
                 return Err(ConnectError::Http(resp.status().as_u16(), body));
             }
@@ -302,7 +308,10 @@ mod tests {
             split_host_port("127.0.0.1:7880", 80),
             ("127.0.0.1".into(), 7880)
         );
-        assert_eq!(split_host_port("lk.example", 443), ("lk.example".into(), 443));
+        assert_eq!(
+            split_host_port("lk.example", 443),
+            ("lk.example".into(), 443)
+        );
         assert_eq!(split_host_port("[::1]:7880", 80), ("::1".into(), 7880));
     }
 
