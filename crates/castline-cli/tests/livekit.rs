@@ -237,8 +237,22 @@ fn publishes_a_screen_share_livekits_own_client_decodes() {
     assert_eq!(castline.0.wait().unwrap().code(), Some(0));
     assert!(err.contains("livekit_track_published"), "{err}");
     no_secrets(&err, None);
-    // Nothing left the machine: every candidate the server offered was loopback.
+    // The rate controller runs on the server's transport-wide feedback (TWCC).
+    let stats = json_stats(&err);
+    let estimate = stats
+        .iter()
+        .rev()
+        .find_map(|v| v["outputs"][0]["peers"][0]["estimate_kbps"].as_f64());
+    assert!(estimate.is_some_and(|e| e > 0.0), "no estimate from TWCC");
     let log = lk.log_text();
+    // Stopping said `leave`: the server closed the participant at the client's request.
+    assert!(
+        log.lines().any(|l| l.contains("participant closing")
+            && l.contains("castline-test")
+            && l.contains("CLIENT_REQUEST_LEAVE")),
+        "{log}"
+    );
+    // Nothing left the machine: the server was never told of a public STUN server.
     assert!(!log.contains("stun.l.google"), "{log}");
 }
 

@@ -7,7 +7,8 @@
 //! - [`mix`]: the audio clock — per-stream lanes mixed on the pipeline's sample timeline.
 //! - [`convert`]: BGRA → I420/NV12 and scaling into the encoder's planes.
 //! - [`encode`]: H.264 (libx264 and hardware encoders through libavcodec), AAC and Opus.
-//! - [`output`]: one file per output kind (MP4, RTMP, `serve`, WHIP, plain RTP) behind `Output`.
+//! - [`output`]: one file per output kind (MP4, RTMP, `serve`, WHIP, plain RTP, LiveKit) behind
+//!   `Output`.
 //! - [`webrtc`]: the peer hub that owns every str0m `Rtc`; [`server`]: `castline serve`'s HTTP
 //!   side (viewer page, WebSocket signaling, WHEP).
 //! - [`adapt`]: adaptive quality as policy only (rate control, tiers, the degradation ladder):
