@@ -111,6 +111,13 @@ pub struct ShareOptions {
     pub min_fps: Option<u32>,
     /// Lowest video bitrate a live target is asked to take, bit/s (default 150 000).
     pub min_bitrate: Option<f64>,
+    /// Zero-hertz (default true): a still screen costs almost nothing when no output needs a
+    /// constant frame rate.
+    pub zero_hertz: Option<bool>,
+    /// Keep-alive frames per second of a still picture (default 1).
+    pub idle_fps: Option<f64>,
+    /// Recordings take a variable frame rate too (default false: constant).
+    pub vfr: Option<bool>,
 }
 
 /// A classified error, as passed to the error callback.
@@ -166,6 +173,8 @@ pub struct LowTier {
 pub struct Stats {
     pub time_s: f64,
     pub fps: f64,
+    /// Zero-hertz: the picture is still and only keep-alive frames are encoded.
+    pub encoder_idle: bool,
     pub encode_ms: f64,
     pub encode_ms_p95: f64,
     pub bitrate_mbps: f64,
@@ -424,6 +433,11 @@ fn config(o: &ShareOptions) -> Result<PipelineConfig> {
                 .unwrap_or(150_000),
             ..castline::adapt::AdaptConfig::default()
         },
+        zero_hertz: o.zero_hertz.unwrap_or(true).then(|| castline::cadence::CadenceConfig {
+            idle_fps: o.idle_fps.unwrap_or(1.0).clamp(0.1, 30.0),
+            ..castline::cadence::CadenceConfig::default()
+        }),
+        vfr_recordings: o.vfr.unwrap_or(false),
         ..PipelineConfig::default()
     })
 }
@@ -432,6 +446,7 @@ fn stats_of(s: &StatsSnapshot) -> Stats {
     Stats {
         time_s: s.time_s,
         fps: s.encoded_fps,
+        encoder_idle: s.encoder_idle,
         encode_ms: s.encode_ms_avg,
         encode_ms_p95: s.encode_ms_p95,
         bitrate_mbps: s.bitrate_kbps / 1000.0,

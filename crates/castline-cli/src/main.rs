@@ -155,6 +155,16 @@ struct PipelineArgs {
     /// An extra output fed by the same encode (repeatable).
     #[arg(short = 'o', long = "output")]
     outputs: Vec<String>,
+    /// Zero-hertz: when no output needs a constant frame rate, encode only frames whose content
+    /// changed, a few refinements after, then keep-alives at --idle-fps.
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    zero_hertz: OnOff,
+    /// Keep-alive frames per second of a still picture under zero-hertz (0.1–30).
+    #[arg(long, default_value_t = 1.0, value_parser = parse_idle_fps)]
+    idle_fps: f64,
+    /// Recordings take a variable frame rate (zero-hertz applies to them too); default: constant.
+    #[arg(long)]
+    vfr: bool,
     /// Per-second statistics on stderr: text (progress line), json (one object per line) or off.
     #[arg(long, value_enum, default_value_t = StatsMode::Text)]
     stats: StatsMode,
@@ -367,6 +377,13 @@ impl NetworkArgs {
             tls_ca_file: self.ca_file.clone(),
             ..RtmpOptions::default()
         }
+    }
+}
+
+fn parse_idle_fps(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=30.0).contains(&v) => Ok(v),
+        _ => Err(format!("invalid keep-alive rate '{s}' (0.1–30 frames per second)")),
     }
 }
 
@@ -745,6 +762,11 @@ fn run_pipeline(primary: OutputSpec, a: PipelineArgs) -> Result<(), Failure> {
         rtmp: a.network.rtmp_options(),
         audio: a.audio.config(),
         adapt: a.adapt.config(),
+        zero_hertz: (a.zero_hertz == OnOff::On).then_some(castline::cadence::CadenceConfig {
+            idle_fps: a.idle_fps,
+            ..castline::cadence::CadenceConfig::default()
+        }),
+        vfr_recordings: a.vfr,
         ..PipelineConfig::default()
     };
     let pipeline = Pipeline::start(cfg).map_err(|e| match e {

@@ -13,6 +13,8 @@
 //!   side (viewer page, WebSocket signaling, WHEP).
 //! - [`adapt`]: adaptive quality as policy only (rate control, tiers, the degradation ladder):
 //!   feedback and time in, decisions out.
+//! - [`cadence`]: zero-hertz screen sharing as policy only — which captured frames an encode
+//!   tier encodes when no output needs a constant frame rate.
 //! - [`pipeline`]: the threads and queues that join the stages, the encode tiers, and stats.
 //!
 //! [`pipeline::Pipeline::start`] opens everything (so configuration errors return before a
@@ -20,6 +22,7 @@
 //! snapshot; [`pipeline::Pipeline::stop`] finalizes every output.
 
 pub mod adapt;
+pub mod cadence;
 pub mod capture;
 pub mod convert;
 pub mod encode;

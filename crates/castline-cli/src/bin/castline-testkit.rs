@@ -7,6 +7,9 @@
 //!   a window filled with one colour and a white cross, with _NET_WM_PID and a title; prints its id
 //!   (hex) on stdout once mapped.
 //!
+//! * `typing [--at X,Y] [--cps N]`: a 400×60 white "text line" window into which N (default 10)
+//!   character-sized black glyph blocks per second are "typed", wrapping when the line is full:
+//!   the small-region change of a person typing, for the zero-hertz benchmark.
 //! * `pointer X Y`: move the pointer to (X, Y) on the root window and exit.
 //! * `flashbeep [--period-ms N] [--length-ms N] [--freq HZ]`: a full-screen black window that
 //!   turns white while a beep plays on the default PulseAudio sink, every period. The flash is
@@ -43,6 +46,7 @@ fn main() -> Res<()> {
         Some("content") => content(&args),
         Some("window") => window(&args),
         Some("flashbeep") => flashbeep(&args),
+        Some("typing") => typing(&args),
         Some("pointer") => {
             let x: i16 = args.get(2).ok_or("X")?.parse()?;
             let y: i16 = args.get(3).ok_or("Y")?.parse()?;
@@ -290,6 +294,61 @@ fn window(args: &[String]) -> Res<()> {
             }
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn typing(args: &[String]) -> Res<()> {
+    let (x, y) = match arg(args, "--at") {
+        Some(s) => {
+            let (a, b) = s.split_once(',').ok_or("--at X,Y")?;
+            (a.parse()?, b.parse()?)
+        }
+        None => (100i16, 100i16),
+    };
+    let cps: f64 = arg(args, "--cps").unwrap_or("10").parse()?;
+    let (conn, n) = x11rb::connect(None)?;
+    let screen = conn.setup().roots[n].clone();
+    let win = create_window(&conn, &screen, (x, y, 400, 60), true)?;
+    let white = conn.generate_id()?;
+    conn.create_gc(white, win, &CreateGCAux::new().foreground(screen.white_pixel))?;
+    let black = conn.generate_id()?;
+    conn.create_gc(black, win, &CreateGCAux::new().foreground(screen.black_pixel))?;
+    conn.map_window(win)?;
+    let clear = || -> Res<()> {
+        let r = Rectangle { x: 0, y: 0, width: 400, height: 60 };
+        conn.poly_fill_rectangle(win, white, &[r])?;
+        Ok(())
+    };
+    clear()?;
+    conn.flush()?;
+    // Glyphs of 8×14 px with 2 px spacing, two lines of 38.
+    let (per_line, lines) = (38u32, 2u32);
+    let start = Instant::now();
+    let mut typed = 0u32;
+    loop {
+        let due = (start.elapsed().as_secs_f64() * cps) as u32;
+        while typed < due {
+            let slot = typed % (per_line * lines);
+            if slot == 0 {
+                clear()?;
+            }
+            // Vary the glyph shape a little so consecutive characters differ.
+            let h = 10 + (typed * 7 % 5) as u16;
+            conn.poly_fill_rectangle(
+                win,
+                black,
+                &[Rectangle {
+                    x: 10 + (slot % per_line) as i16 * 10,
+                    y: 12 + (slot / per_line) as i16 * 24 + (14 - h as i16),
+                    width: 8,
+                    height: h,
+                }],
+            )?;
+            typed += 1;
+        }
+        conn.flush()?;
+        while conn.poll_for_event()?.is_some() {}
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -16,6 +16,10 @@
 //   {"op":"monitor","id":"a","seconds":40}   getStats() every 100 ms: a series of
 //                                   [unix_ms, framesDecoded, frameWidth, frameHeight] samples;
 //                                   "latency": true adds every frame's testsrc-stamp latency
+//   {"op":"watch","id":"a","seconds":60,"x":100,"y":100,"rgb":[255,0,0]}   for `seconds`:
+//                                   every second [unix_ms, mean luma of the picture, video track
+//                                   readyState, connectionState, framesDecoded]; and the first
+//                                   presentation time (unix ms) at which pixel (x,y) shows rgb
 //   {"op":"sleep","ms":1000}
 import { createServer } from 'node:http';
 import { chromium } from 'playwright-core';
@@ -174,6 +178,39 @@ function startStampReader() {
   v.requestVideoFrameCallback(onFrame);
 }
 
+// Records in window.pixelMatchedAt the first presentation time (unix ms) at which pixel (x,y)
+// of the video shows `rgb` (±40 per channel); window.pictureNow() gives the mean luma of the
+// current picture and the video track's readyState.
+function startPixelWatch({ x, y, rgb }) {
+  const v = document.querySelector('video');
+  const c = document.createElement('canvas');
+  c.width = 64; c.height = 36;
+  const ctx = c.getContext('2d', { willReadFrequently: true });
+  window.pixelMatchedAt = null;
+  window.pictureNow = () => {
+    ctx.drawImage(v, 0, 0, 64, 36);
+    const px = ctx.getImageData(0, 0, 64, 36).data;
+    let sum = 0;
+    for (let i = 0; i < px.length; i += 4) sum += 0.2126 * px[i] + 0.7152 * px[i + 1] + 0.0722 * px[i + 2];
+    const tracks = v.srcObject ? v.srcObject.getVideoTracks() : [];
+    return { luma: sum / (px.length / 4), track: tracks.length ? tracks[0].readyState : 'none' };
+  };
+  if (!rgb) return;
+  const one = document.createElement('canvas');
+  one.width = 1; one.height = 1;
+  const octx = one.getContext('2d', { willReadFrequently: true });
+  const onFrame = (now) => {
+    octx.drawImage(v, x, y, 1, 1, 0, 0, 1, 1);
+    const p = octx.getImageData(0, 0, 1, 1).data;
+    if (window.pixelMatchedAt === null && Math.abs(p[0] - rgb[0]) < 40
+        && Math.abs(p[1] - rgb[1]) < 40 && Math.abs(p[2] - rgb[2]) < 40) {
+      window.pixelMatchedAt = Math.round(performance.timeOrigin + now);
+    }
+    v.requestVideoFrameCallback(onFrame);
+  };
+  v.requestVideoFrameCallback(onFrame);
+}
+
 async function step(s) {
   switch (s.op) {
     case 'open': {
@@ -239,6 +276,20 @@ async function step(s) {
       }
       const latency = s.latency ? await page.evaluate(() => window.stampLatency) : undefined;
       return { ok: true, series, latency };
+    }
+    case 'watch': {
+      const page = pages.get(s.id).page;
+      await page.evaluate(startPixelWatch, { x: s.x || 0, y: s.y || 0, rgb: s.rgb || null });
+      const samples = [];
+      const end = Date.now() + (s.seconds || 30) * 1000;
+      while (Date.now() < end) {
+        const st = await stats(page);
+        const pic = await page.evaluate(() => window.pictureNow());
+        samples.push([Date.now(), pic.luma, pic.track, st ? st.state : null,
+          st ? st.framesDecoded : 0]);
+        await sleep(1000);
+      }
+      return { ok: true, samples, matched_at: await page.evaluate(() => window.pixelMatchedAt) };
     }
     case 'close': {
       const p = pages.get(s.id);

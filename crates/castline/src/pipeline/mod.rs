@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::adapt::tier::{self, TierSwitch};
 use crate::adapt::{AdaptConfig, SinkAdapter, TierDemand};
+use crate::cadence::CadenceConfig;
 use crate::capture::ffmpeg_process::FfmpegIngest;
 use crate::capture::pulse::PulseInput;
 use crate::capture::{
@@ -89,6 +90,31 @@ pub struct PipelineConfig {
     pub audio: AudioConfig,
     /// Adaptive quality of live outputs (rate control, tiers, ladder).
     pub adapt: AdaptConfig,
+    /// Zero-hertz: encode only changed frames, a few refinements and keep-alives, when every
+    /// output can take a variable frame rate (see [`crate::cadence`]). None: always constant.
+    pub zero_hertz: Option<CadenceConfig>,
+    /// Recordings take a variable frame rate too (then zero-hertz applies to them); by default
+    /// they keep a constant one, which video editors handle best.
+    pub vfr_recordings: bool,
+}
+
+impl PipelineConfig {
+    /// The cadence the encode runs at: zero-hertz only when no output needs a constant frame
+    /// rate. One encode feeds every output, and a constant-rate output (RTMP, a recording
+    /// without `vfr_recordings`) needs every frame, so then every output gets every frame —
+    /// what a second, zero-hertz encode would save is less than what it costs.
+    pub fn cadence(&self) -> Option<CadenceConfig> {
+        let zh = self.zero_hertz?;
+        let all_vfr = self.outputs.iter().all(|o| match o {
+            OutputSpec::Mp4(_) => self.vfr_recordings,
+            OutputSpec::Rtmp(_) => false,
+            OutputSpec::Serve(_)
+            | OutputSpec::Whip { .. }
+            | OutputSpec::Rtp(_)
+            | OutputSpec::LiveKit(_) => true,
+        });
+        all_vfr.then_some(zh)
+    }
 }
 
 impl Default for PipelineConfig {
@@ -106,6 +132,8 @@ impl Default for PipelineConfig {
             rtmp: RtmpOptions::default(),
             audio: AudioConfig::default(),
             adapt: AdaptConfig::default(),
+            zero_hertz: Some(CadenceConfig::default()),
+            vfr_recordings: false,
         }
     }
 }
@@ -341,11 +369,25 @@ impl Pipeline {
         let adaptation = Arc::new(Mutex::new(AdaptationReport::default()));
         let encode = match encode_inputs {
             Some(encoder) => {
+                let cadence = cfg.cadence();
+                match (&cfg.zero_hertz, &cadence) {
+                    (_, Some(c)) => tracing::info!(
+                        refresh_frames = c.refresh_frames,
+                        idle_fps = c.idle_fps,
+                        "zero_hertz_on"
+                    ),
+                    (Some(_), None) => tracing::info!(
+                        reason = "an output needs a constant frame rate (RTMP, or a recording without --vfr)",
+                        "zero_hertz_off"
+                    ),
+                    (None, None) => {}
+                }
                 let tiers = Tiers::new(
                     encoder,
                     cfg.encoder.clone(),
                     cfg.adapt.clone(),
                     cfg.fps,
+                    cadence,
                     adaptation.clone(),
                 );
                 let (raw, keyframe, counters, outs, stop) = (
@@ -779,6 +821,8 @@ fn run_encode(
     let mut routes = vec![TierSwitch::default(); outputs.len()];
     let demands: Vec<&TierDemand> = outputs.iter().map(|o| o.demand.as_ref()).collect();
     let mut first = true;
+    // The last frame captured: a zero-hertz run that ends still encodes it (exact duration).
+    let mut last = None;
     let result = (|| -> Result<()> {
         loop {
             let frame = match raw.pop_timeout(Duration::from_millis(200)) {
@@ -786,6 +830,7 @@ fn run_encode(
                 Pop::Empty => continue,
                 Pop::Closed => break,
             };
+            last = Some(frame.clone());
             let t0 = Instant::now();
             tiers.plan(t0, &demands)?;
             let main_needed = route_outputs(outputs, &mut routes, &mut tiers);
@@ -816,7 +861,7 @@ fn run_encode(
                 stop.store(true, Ordering::SeqCst);
             }
         }
-        tiers.flush(&mut packets)?;
+        tiers.flush(last.as_ref(), &mut packets)?;
         fan_out(&mut packets, counters, outputs, &mut routes, keyframe);
         Ok(())
     })();

@@ -127,6 +127,9 @@ pub struct StatsSnapshot {
     pub time_s: f64,
     pub capture_fps: f64,
     pub encoded_fps: f64,
+    /// Zero-hertz: the picture is still and only keep-alive frames are encoded (or no output
+    /// takes the encode at all).
+    pub encoder_idle: bool,
     pub encode_ms_avg: f64,
     pub encode_ms_p95: f64,
     /// Encoder output rate over the last interval.
@@ -313,6 +316,7 @@ impl StatsSampler {
             time_s: round2(time_s),
             capture_fps: round2(d_captured as f64 / dt),
             encoded_fps: round2((encoded - self.last_encoded) as f64 / dt),
+            encoder_idle: adaptation.encoder_idle,
             encode_ms_avg: round2(avg),
             encode_ms_p95: round2(p95),
             bitrate_kbps: round2((bytes - self.last_bytes) as f64 * 8.0 / 1000.0 / dt),

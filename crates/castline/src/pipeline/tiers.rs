@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::adapt::ladder::Change;
 use crate::adapt::tier::{LOW, MAIN};
 use crate::adapt::{AdaptConfig, Ladder, LadderConfig, Level, Reason, TierDemand};
+use crate::cadence::{Cadence, CadenceConfig, Decision};
 use crate::capture::VideoFrame;
 use crate::convert::Converter;
 use crate::encode::{self, EncodedPacket, EncoderKind, EncoderSettings, VideoEncoder};
@@ -40,6 +41,10 @@ pub struct AdaptationReport {
     pub encode_load: f64,
     /// The lower tier, while some live sink takes it.
     pub low_tier: Option<LowTierReport>,
+    /// Zero-hertz: the main tier sends only keep-alive frames (the picture is still). Shown at
+    /// the top level of the stats as `encoder_idle`.
+    #[serde(skip)]
+    pub encoder_idle: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -66,10 +71,19 @@ struct Tier {
     keyframe_pending: bool,
     /// Skipped frames since it last encoded: it restarts on a keyframe.
     idle: bool,
+    /// Zero-hertz: which captured frames to encode (None: every frame it keeps).
+    cadence: Option<Cadence>,
+    /// Whether the last frame offered was encoded (a still run ends with one that was not).
+    last_offered_encoded: bool,
 }
 
 impl Tier {
-    fn new(layer: u8, encoder: Box<dyn VideoEncoder>, fps: u32) -> Self {
+    fn new(
+        layer: u8,
+        encoder: Box<dyn VideoEncoder>,
+        fps: u32,
+        cadence: Option<CadenceConfig>,
+    ) -> Self {
         let (w, h) = (encoder.info().width, encoder.info().height);
         Self {
             layer,
@@ -81,7 +95,33 @@ impl Tier {
             next_due: i64::MIN,
             keyframe_pending: false,
             idle: false,
+            cadence: cadence.map(Cadence::new),
+            last_offered_encoded: true,
         }
+    }
+
+    /// Encode `frame` if this tier keeps it: its cadence (zero-hertz) wants it and its frame
+    /// rate keeps it. Returns whether it was encoded.
+    fn offer(
+        &mut self,
+        frame: &VideoFrame,
+        capture_us: i64,
+        out: &mut Vec<EncodedPacket>,
+    ) -> Result<bool> {
+        let decision = match &self.cadence {
+            Some(c) => c.decide(frame.pts_us, frame.content_id, self.keyframe_pending),
+            None => Decision::Changed,
+        };
+        let encode = decision.encode() && self.due(frame.pts_us, capture_us);
+        self.last_offered_encoded = encode;
+        if !encode {
+            return Ok(false);
+        }
+        self.encode(frame, out)?;
+        if let Some(c) = &mut self.cadence {
+            c.encoded(frame.pts_us, frame.content_id, decision);
+        }
+        Ok(true)
     }
 
     fn size(&self) -> (u32, u32) {
@@ -139,6 +179,8 @@ pub struct Tiers {
     adapt: AdaptConfig,
     settings: EncoderSettings,
     capture_fps: u32,
+    /// Zero-hertz settings when every output can take a variable frame rate.
+    cadence: Option<CadenceConfig>,
     main: Tier,
     main_ladder: Ladder,
     low: Option<Tier>,
@@ -160,6 +202,7 @@ impl Tiers {
         settings: EncoderSettings,
         adapt: AdaptConfig,
         capture_fps: u32,
+        cadence: Option<CadenceConfig>,
         report: Arc<Mutex<AdaptationReport>>,
     ) -> Self {
         let (w, h) = (encoder.info().width, encoder.info().height);
@@ -176,7 +219,8 @@ impl Tiers {
         let main_ladder = ladder(false);
         let low_ladder = ladder(true);
         let tiers = Self {
-            main: Tier::new(MAIN, encoder, capture_fps),
+            main: Tier::new(MAIN, encoder, capture_fps, cadence),
+            cadence,
             main_ladder,
             low: None,
             low_ladder,
@@ -284,7 +328,7 @@ impl Tiers {
                     kbps = bps / 1000,
                     "tier_started"
                 );
-                let mut tier = Tier::new(LOW, enc, fps);
+                let mut tier = Tier::new(LOW, enc, fps, self.cadence);
                 tier.target_bps = bps;
                 self.low = Some(tier);
             }
@@ -306,9 +350,8 @@ impl Tiers {
         let main_fps = self.main_ladder.level().fps;
         self.main.set_rate(main_fps, self.settings.bitrate);
         if main_needed {
-            if self.main.due(frame.pts_us, capture_us) {
-                let start = out.len();
-                self.main.encode(frame, out)?;
+            let start = out.len();
+            if self.main.offer(frame, capture_us, out)? {
                 self.main_bytes += out[start..]
                     .iter()
                     .map(|p| p.data.len() as u64)
@@ -318,9 +361,7 @@ impl Tiers {
             self.main.idle = true;
         }
         if let Some(low) = &mut self.low {
-            if low.due(frame.pts_us, capture_us) {
-                low.encode(frame, out)?;
-            }
+            low.offer(frame, capture_us, out)?;
         }
         self.busy_us += t0.elapsed().as_micros() as u64;
         Ok(())
@@ -377,11 +418,30 @@ impl Tiers {
                     reason: self.low_target.map(|(_, r)| r).or(self.low_ladder.reason()),
                 }
             }),
+            // Idle: no sink takes the main tier, or zero-hertz keeps it at keep-alive frames
+            // (and no low tier is busy).
+            encoder_idle: (self.main.idle || self.main.cadence.as_ref().is_some_and(|c| c.idle()))
+                && self
+                    .low
+                    .as_ref()
+                    .is_none_or(|t| t.cadence.as_ref().is_some_and(|c| c.idle())),
         };
         *self.report.lock().unwrap_or_else(|p| p.into_inner()) = report;
     }
 
-    pub fn flush(&mut self, out: &mut Vec<EncodedPacket>) -> Result<()> {
+    /// End of stream. A zero-hertz run that ends on a still picture encodes its last frame, so
+    /// a variable-frame-rate recording lasts exactly as long as the run.
+    pub fn flush(
+        &mut self,
+        last: Option<&VideoFrame>,
+        out: &mut Vec<EncodedPacket>,
+    ) -> Result<()> {
+        if let Some(f) = last {
+            if self.main.cadence.is_some() && !self.main.last_offered_encoded && !self.main.idle
+            {
+                self.main.encode(f, out)?;
+            }
+        }
         self.main.encoder.flush(out)?;
         if let Some(low) = &mut self.low {
             let start = out.len();
