@@ -433,10 +433,13 @@ fn config(o: &ShareOptions) -> Result<PipelineConfig> {
                 .unwrap_or(150_000),
             ..castline::adapt::AdaptConfig::default()
         },
-        zero_hertz: o.zero_hertz.unwrap_or(true).then(|| castline::cadence::CadenceConfig {
-            idle_fps: o.idle_fps.unwrap_or(1.0).clamp(0.1, 30.0),
-            ..castline::cadence::CadenceConfig::default()
-        }),
+        zero_hertz: o
+            .zero_hertz
+            .unwrap_or(true)
+            .then(|| castline::cadence::CadenceConfig {
+                idle_fps: o.idle_fps.unwrap_or(1.0).clamp(0.1, 30.0),
+                ..castline::cadence::CadenceConfig::default()
+            }),
         vfr_recordings: o.vfr.unwrap_or(false),
         ..PipelineConfig::default()
     })

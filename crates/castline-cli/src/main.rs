@@ -383,7 +383,9 @@ impl NetworkArgs {
 fn parse_idle_fps(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if (0.1..=30.0).contains(&v) => Ok(v),
-        _ => Err(format!("invalid keep-alive rate '{s}' (0.1–30 frames per second)")),
+        _ => Err(format!(
+            "invalid keep-alive rate '{s}' (0.1–30 frames per second)"
+        )),
     }
 }
 

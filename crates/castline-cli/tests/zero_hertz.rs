@@ -15,9 +15,19 @@ use serde_json::{json, Value};
 /// The screen as ffmpeg's x11grab sees it, as the luma (BT.709, limited range) castline encodes.
 fn grab_luma(display: &str, w: u32, h: u32) -> Vec<u8> {
     let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-f", "x11grab", "-video_size", &format!("{w}x{h}")])
+        .args([
+            "-v",
+            "error",
+            "-f",
+            "x11grab",
+            "-video_size",
+            &format!("{w}x{h}"),
+        ])
         .args(["-i", display, "-frames:v", "1"])
-        .args(["-vf", "scale=out_color_matrix=bt709:out_range=tv,format=yuv420p"])
+        .args([
+            "-vf",
+            "scale=out_color_matrix=bt709:out_range=tv,format=yuv420p",
+        ])
         .args(["-f", "rawvideo", "-"])
         .output()
         .unwrap();
@@ -107,7 +117,10 @@ fn a_still_screen_idles_keeps_its_viewer_and_shows_a_change_at_once() {
     let (tx, rx) = std::sync::mpsc::channel::<Value>();
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             eprintln!("viewer: {}", &line[..line.len().min(300)]);
             if let Ok(v) = serde_json::from_str(&line) {
                 let _ = tx.send(v);
@@ -163,7 +176,9 @@ fn a_still_screen_idles_keeps_its_viewer_and_shows_a_change_at_once() {
         assert_eq!(s[3], "connected", "{s}");
     }
     // The change reached the viewer at once.
-    let shown = watch["matched_at"].as_i64().expect("the red window never showed");
+    let shown = watch["matched_at"]
+        .as_i64()
+        .expect("the red window never showed");
     let latency = shown - changed_wall;
     eprintln!("change shown after {latency} ms");
     assert!((0..=400).contains(&latency), "{latency} ms");
@@ -177,8 +192,17 @@ fn a_still_screen_idles_keeps_its_viewer_and_shows_a_change_at_once() {
     // The --vfr recording: exactly as long as the run, frames only where needed.
     let p = probe(&rec);
     eprintln!("recording: {} frames, {} s", p.frames, p.duration);
-    assert!((p.duration - duration as f64).abs() < 0.15, "{}", p.duration);
-    assert!(p.frames < 400, "{} frames (CFR would be {})", p.frames, duration * 30);
+    assert!(
+        (p.duration - duration as f64).abs() < 0.15,
+        "{}",
+        p.duration
+    );
+    assert!(
+        p.frames < 400,
+        "{} frames (CFR would be {})",
+        p.frames,
+        duration * 30
+    );
 }
 
 #[test]
@@ -199,9 +223,14 @@ fn recordings_keep_a_constant_rate_unless_vfr() {
     for vfr in [false, true] {
         let rec = dir.join(format!("vfr-{vfr}.mp4"));
         let mut cmd = x.castline();
-        cmd.args(["record"])
-            .arg(&rec)
-            .args(["--duration", "6", "--audio", "none", "--stats", "json"]);
+        cmd.args(["record"]).arg(&rec).args([
+            "--duration",
+            "6",
+            "--audio",
+            "none",
+            "--stats",
+            "json",
+        ]);
         if vfr {
             cmd.arg("--vfr");
         }

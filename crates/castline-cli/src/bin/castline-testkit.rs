@@ -310,12 +310,25 @@ fn typing(args: &[String]) -> Res<()> {
     let screen = conn.setup().roots[n].clone();
     let win = create_window(&conn, &screen, (x, y, 400, 60), true)?;
     let white = conn.generate_id()?;
-    conn.create_gc(white, win, &CreateGCAux::new().foreground(screen.white_pixel))?;
+    conn.create_gc(
+        white,
+        win,
+        &CreateGCAux::new().foreground(screen.white_pixel),
+    )?;
     let black = conn.generate_id()?;
-    conn.create_gc(black, win, &CreateGCAux::new().foreground(screen.black_pixel))?;
+    conn.create_gc(
+        black,
+        win,
+        &CreateGCAux::new().foreground(screen.black_pixel),
+    )?;
     conn.map_window(win)?;
     let clear = || -> Res<()> {
-        let r = Rectangle { x: 0, y: 0, width: 400, height: 60 };
+        let r = Rectangle {
+            x: 0,
+            y: 0,
+            width: 400,
+            height: 60,
+        };
         conn.poly_fill_rectangle(win, white, &[r])?;
         Ok(())
     };

@@ -431,14 +431,9 @@ impl Tiers {
 
     /// End of stream. A zero-hertz run that ends on a still picture encodes its last frame, so
     /// a variable-frame-rate recording lasts exactly as long as the run.
-    pub fn flush(
-        &mut self,
-        last: Option<&VideoFrame>,
-        out: &mut Vec<EncodedPacket>,
-    ) -> Result<()> {
+    pub fn flush(&mut self, last: Option<&VideoFrame>, out: &mut Vec<EncodedPacket>) -> Result<()> {
         if let Some(f) = last {
-            if self.main.cadence.is_some() && !self.main.last_offered_encoded && !self.main.idle
-            {
+            if self.main.cadence.is_some() && !self.main.last_offered_encoded && !self.main.idle {
                 self.main.encode(f, out)?;
             }
         }
