@@ -6,9 +6,11 @@
 //! in, a decision out), as libwebrtc's frame cadence adapter does in its zero-hertz mode:
 //!
 //! 1. a frame whose content changed is encoded at once (no added latency);
-//! 2. after the last change, [`CadenceConfig::refresh_frames`] more repeats are encoded at the
-//!    capture rate: the encoder spends the bits it saved on refining the still picture, so text
-//!    sharpens within a fraction of a second;
+//! 2. once the picture has been still for [`CadenceConfig::refresh_after_us`],
+//!    [`CadenceConfig::refresh_frames`] repeats are encoded at the capture rate: the encoder spends
+//!    the bits it saved on refining the still picture, so text sharpens within a fraction of a
+//!    second. While changes keep coming (someone types), only the changes are encoded: each
+//!    P-frame refines the rest of the picture anyway;
 //! 3. then only a keep-alive repeat every `1 / idle_fps` s, so receivers and SFUs never take the
 //!    track for dead;
 //! 4. a keyframe request (a viewer joined) is served on the next frame, whatever the phase.
@@ -18,6 +20,8 @@
 pub struct CadenceConfig {
     /// Repeats encoded at the capture rate after the last change (quality refinement).
     pub refresh_frames: u32,
+    /// How long the picture must stay still before refinement starts, µs.
+    pub refresh_after_us: i64,
     /// Keep-alive frames per second while the picture stays still (> 0).
     pub idle_fps: f64,
 }
@@ -26,6 +30,7 @@ impl Default for CadenceConfig {
     fn default() -> Self {
         Self {
             refresh_frames: 15,
+            refresh_after_us: 150_000,
             idle_fps: 1.0,
         }
     }
@@ -58,6 +63,8 @@ pub struct Cadence {
     /// Content id of the last frame encoded.
     last_content: Option<u64>,
     last_encoded_us: i64,
+    /// When the content last changed (an encoded change).
+    last_change_us: i64,
     refresh_left: u32,
 }
 
@@ -67,6 +74,7 @@ impl Cadence {
             cfg,
             last_content: None,
             last_encoded_us: i64::MIN,
+            last_change_us: i64::MIN,
             refresh_left: 0,
         }
     }
@@ -80,7 +88,9 @@ impl Cadence {
         if keyframe_wanted {
             return Decision::Keyframe;
         }
-        if self.refresh_left > 0 {
+        if self.refresh_left > 0
+            && pts_us.saturating_sub(self.last_change_us) >= self.cfg.refresh_after_us
+        {
             return Decision::Refresh;
         }
         let period = (1_000_000.0 / self.cfg.idle_fps.max(0.01)) as i64;
@@ -94,7 +104,10 @@ impl Cadence {
     /// The frame decided on was encoded.
     pub fn encoded(&mut self, pts_us: i64, content_id: u64, decision: Decision) {
         match decision {
-            Decision::Changed => self.refresh_left = self.cfg.refresh_frames,
+            Decision::Changed => {
+                self.refresh_left = self.cfg.refresh_frames;
+                self.last_change_us = pts_us;
+            }
             Decision::Refresh => self.refresh_left = self.refresh_left.saturating_sub(1),
             _ => {}
         }
@@ -134,11 +147,17 @@ mod tests {
         let mut c = Cadence::new(CadenceConfig::default());
         let d = run(&mut c, 300, |_| 1);
         assert_eq!(d[0], Decision::Changed);
-        assert!(d[1..16].iter().all(|d| *d == Decision::Refresh));
-        let encoded_after = d[16..].iter().filter(|d| d.encode()).count();
-        // 284 frames ≈ 9.5 s at 1 fps keep-alive.
+        // Still for 150 ms (frames 1–4), then 15 refinements at the capture rate.
+        assert!(
+            d[1..5].iter().all(|d| *d == Decision::Skip),
+            "{:?}",
+            &d[..6]
+        );
+        assert!(d[5..20].iter().all(|d| *d == Decision::Refresh));
+        let encoded_after = d[20..].iter().filter(|d| d.encode()).count();
+        // 280 frames ≈ 9.3 s at 1 fps keep-alive.
         assert!((8..=10).contains(&encoded_after), "{encoded_after}");
-        assert!(d[16..]
+        assert!(d[20..]
             .iter()
             .all(|d| matches!(d, Decision::Skip | Decision::KeepAlive)));
         assert!(c.idle());
@@ -149,10 +168,22 @@ mod tests {
         let mut c = Cadence::new(CadenceConfig::default());
         let d = run(&mut c, 200, |i| if i < 100 { 1 } else { 2 });
         assert_eq!(d[100], Decision::Changed);
-        assert!(d[101..116].iter().all(|d| *d == Decision::Refresh));
-        let keep_alives = d[116..].iter().filter(|d| d.encode()).count();
+        assert!(d[105..120].iter().all(|d| *d == Decision::Refresh));
+        let keep_alives = d[120..].iter().filter(|d| d.encode()).count();
         assert!((2..=3).contains(&keep_alives), "{keep_alives}");
         assert!(c.idle());
+    }
+
+    #[test]
+    fn while_someone_types_only_the_changes_are_encoded() {
+        let mut c = Cadence::new(CadenceConfig::default());
+        // A keystroke every third frame (10 a second) for 3 s.
+        let d = run(&mut c, 90, |i| (i / 3) as u64);
+        let encoded = d.iter().filter(|d| d.encode()).count();
+        assert_eq!(encoded, 30, "{d:?}");
+        assert!(d
+            .iter()
+            .all(|d| matches!(d, Decision::Changed | Decision::Skip)));
     }
 
     #[test]
@@ -178,6 +209,7 @@ mod tests {
         let mut c = Cadence::new(CadenceConfig {
             refresh_frames: 0,
             idle_fps: 5.0,
+            ..CadenceConfig::default()
         });
         let d = run(&mut c, 301, |_| 1);
         let n = d.iter().filter(|d| d.encode()).count();

@@ -5,6 +5,7 @@
 pub mod livekit;
 pub mod mp4;
 mod mux;
+pub mod reconnect;
 pub mod rtmp;
 pub mod rtp;
 pub mod serve;

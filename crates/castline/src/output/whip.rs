@@ -9,6 +9,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::reconnect::Reconnect;
 use super::{LinkReport, Output, OutputSummary, RtmpOptions, Written};
 use crate::encode::{EncodedPacket, MediaInfo, MediaKind};
 use crate::error::OutputError;
@@ -59,10 +60,7 @@ pub struct WhipOutput {
     audio: bool,
     extradata: Vec<u8>,
     session: Option<Session>,
-    /// Next reconnection attempt while the session is down.
-    retry_at: Option<Instant>,
-    attempts: u32,
-    link: LinkReport,
+    reconnect: Reconnect,
     started: bool,
     bytes: u64,
     packets: u64,
@@ -116,6 +114,7 @@ impl WhipOutput {
             agent: agent(opts.connect_timeout.max(Duration::from_secs(2))),
             url,
             bearer,
+            reconnect: Reconnect::new(opts.clone()),
             opts,
             hub,
             hub_thread: Some(hub_thread),
@@ -123,9 +122,6 @@ impl WhipOutput {
             audio: info.audio.is_some(),
             extradata: info.video.extradata.clone(),
             session: None,
-            retry_at: None,
-            attempts: 0,
-            link: LinkReport::default(),
             started: false,
             bytes: 0,
             packets: 0,
@@ -325,46 +321,26 @@ impl WhipOutput {
                 if *id == s.peer {
                     tracing::warn!(output = %self.safe_url(), reason = %why, "output_disconnected");
                     self.end_session();
-                    self.link.reconnecting = true;
-                    self.retry_at = Some(Instant::now() + self.opts.reconnect_delay);
+                    self.reconnect.lost(Instant::now());
                 }
             }
         }
         if self.session.is_some() {
             return Ok(true);
         }
-        let Some(at) = self.retry_at else {
-            self.retry_at = Some(Instant::now());
-            return Ok(false);
-        };
-        if Instant::now() < at {
+        if !self.reconnect.due(Instant::now()) {
             return Ok(false);
         }
-        self.attempts += 1;
-        tracing::info!(output = %self.safe_url(), attempt = self.attempts, "reconnecting");
+        tracing::info!(output = %self.safe_url(), attempt = self.reconnect.attempts(), "reconnecting");
         match self.open_session() {
             Ok(()) => {
-                self.link.reconnecting = false;
-                self.link.reconnects += 1;
-                self.attempts = 0;
-                self.retry_at = None;
+                self.reconnect.succeeded();
                 Ok(true)
             }
-            Err(e) => {
-                self.link.last_error = Some((&e).into());
-                if e.class() == crate::ErrorClass::Fatal
-                    || self.attempts >= self.opts.reconnect_tries
-                {
-                    return Err(OutputError::GaveUp {
-                        url: self.safe_url(),
-                        attempts: self.attempts,
-                        last: e.to_string(),
-                    });
-                }
-                let delay = self.opts.backoff(self.attempts);
-                self.retry_at = Some(Instant::now() + delay);
-                Ok(false)
-            }
+            Err(e) => self
+                .reconnect
+                .failed(Instant::now(), self.safe_url(), e)
+                .map(|()| false),
         }
     }
 }
@@ -380,19 +356,11 @@ impl Output for WhipOutput {
                 want_keyframe: pkt.media == MediaKind::Video,
             });
         }
-        let data = match (pkt.media, pkt.keyframe) {
-            (MediaKind::Video, true) => webrtc::with_parameter_sets(&pkt.data, &self.extradata)
-                .map(Arc::<[u8]>::from)
-                .unwrap_or_else(|| pkt.data.clone()),
-            _ => pkt.data.clone(),
-        };
-        self.bytes += data.len() as u64;
+        let out = webrtc::packet_for_peers(pkt, &self.extradata);
+        self.bytes += out.data.len() as u64;
         self.packets += 1;
         self.hub
-            .push_media(Arc::new(EncodedPacket {
-                data,
-                ..pkt.clone()
-            }))
+            .push_media(out)
             .map_err(|e| self.lost(e.to_string()))?;
         Ok(Written::Sent)
     }
@@ -408,7 +376,7 @@ impl Output for WhipOutput {
     }
 
     fn link(&self) -> Option<LinkReport> {
-        Some(self.link.clone())
+        Some(self.reconnect.link.clone())
     }
 
     fn started(&self) -> bool {

@@ -504,7 +504,9 @@ impl HubCore {
             events: libc::POLLIN,
             revents: 0,
         });
-        let ms = wait.as_millis().clamp(0, 1000) as i32;
+        // Rounded up: str0m's pacer often asks to wake in under a millisecond, and a 0 ms poll
+        // for that would spin the thread until then (16 % of a core on an idle stream).
+        let ms = wait.as_micros().div_ceil(1000).min(1000) as i32;
         // SAFETY: fds is a valid array of pollfd for the duration of the call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
         if n <= 0 {

@@ -80,6 +80,23 @@ pub fn with_parameter_sets(keyframe: &[u8], extradata: &[u8]) -> Option<Vec<u8>>
     Some(v)
 }
 
+/// A packet as a WebRTC peer needs it: video keyframes carry the parameter sets.
+pub fn packet_for_peers(
+    pkt: &crate::encode::EncodedPacket,
+    extradata: &[u8],
+) -> std::sync::Arc<crate::encode::EncodedPacket> {
+    let data = match (pkt.media, pkt.keyframe) {
+        (crate::encode::MediaKind::Video, true) => with_parameter_sets(&pkt.data, extradata)
+            .map(std::sync::Arc::<[u8]>::from)
+            .unwrap_or_else(|| pkt.data.clone()),
+        _ => pkt.data.clone(),
+    };
+    std::sync::Arc::new(crate::encode::EncodedPacket {
+        data,
+        ..pkt.clone()
+    })
+}
+
 /// The SPS and PPS NAL units of an Annex-B access unit, as Annex-B (4-byte start codes); None
 /// when it has no SPS.
 pub fn parameter_sets(au: &[u8]) -> Option<Vec<u8>> {

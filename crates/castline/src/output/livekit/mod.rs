@@ -17,8 +17,9 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::reconnect::Reconnect;
 use super::{LinkReport, Output, OutputSummary, RtmpOptions, Written};
-use crate::encode::{EncodedPacket, MediaInfo, MediaKind};
+use crate::encode::{EncodedPacket, MediaInfo};
 use crate::error::OutputError;
 use crate::pipeline::clock::MediaClock;
 use crate::webrtc::{self, hub::HubThread, Hub, HubConfig, PeerEvent, PeerId};
@@ -248,9 +249,7 @@ pub struct LiveKitOutput {
     events: std::sync::mpsc::Receiver<PeerEvent>,
     extradata: Vec<u8>,
     session: Option<Session>,
-    retry_at: Option<Instant>,
-    attempts: u32,
-    link: LinkReport,
+    reconnect: Reconnect,
     started: bool,
     bytes: u64,
     packets: u64,
@@ -314,15 +313,13 @@ impl LiveKitOutput {
                 audio: info.audio.is_some(),
                 track_name: "screen".into(),
             },
+            reconnect: Reconnect::new(opts.clone()),
             opts,
             hub,
             hub_thread: Some(hub_thread),
             events,
             extradata: info.video.extradata.clone(),
             session: None,
-            retry_at: None,
-            attempts: 0,
-            link: LinkReport::default(),
             started: false,
             bytes: 0,
             packets: 0,
@@ -533,8 +530,7 @@ impl LiveKitOutput {
     fn session_lost(&mut self, why: &str) {
         tracing::warn!(output = %self.safe_url(), reason = %why, "output_disconnected");
         self.end_session(false);
-        self.link.reconnecting = true;
-        self.retry_at = Some(Instant::now() + self.opts.reconnect_delay);
+        self.reconnect.lost(Instant::now());
     }
 
     /// Check the session; rejoin with backoff when it has failed. Returns whether media can flow.
@@ -574,39 +570,21 @@ impl LiveKitOutput {
         if self.session.is_some() {
             return Ok(true);
         }
-        let Some(at) = self.retry_at else {
-            self.retry_at = Some(Instant::now());
-            return Ok(false);
-        };
-        if Instant::now() < at {
+        if !self.reconnect.due(Instant::now()) {
             return Ok(false);
         }
-        self.attempts += 1;
-        tracing::info!(output = %self.safe_url(), attempt = self.attempts, "reconnecting");
+        tracing::info!(output = %self.safe_url(), attempt = self.reconnect.attempts(), "reconnecting");
         match self.open_session() {
             Ok(()) => {
-                self.link.reconnecting = false;
-                self.link.reconnects += 1;
-                self.attempts = 0;
-                self.retry_at = None;
+                self.reconnect.succeeded();
                 Ok(true)
             }
             Err(e) => {
                 // A refreshed token may have expired while the server was away.
                 self.refreshed = None;
-                self.link.last_error = Some((&e).into());
-                if e.class() == crate::ErrorClass::Fatal
-                    || self.attempts >= self.opts.reconnect_tries
-                {
-                    return Err(OutputError::GaveUp {
-                        url: self.safe_url(),
-                        attempts: self.attempts,
-                        last: e.to_string(),
-                    });
-                }
-                let delay = self.opts.backoff(self.attempts);
-                self.retry_at = Some(Instant::now() + delay);
-                Ok(false)
+                self.reconnect
+                    .failed(Instant::now(), self.safe_url(), e)
+                    .map(|()| false)
             }
         }
     }
@@ -625,19 +603,11 @@ impl Output for LiveKitOutput {
                 want_keyframe: false,
             });
         }
-        let data = match (pkt.media, pkt.keyframe) {
-            (MediaKind::Video, true) => webrtc::with_parameter_sets(&pkt.data, &self.extradata)
-                .map(Arc::<[u8]>::from)
-                .unwrap_or_else(|| pkt.data.clone()),
-            _ => pkt.data.clone(),
-        };
-        self.bytes += data.len() as u64;
+        let out = webrtc::packet_for_peers(pkt, &self.extradata);
+        self.bytes += out.data.len() as u64;
         self.packets += 1;
         self.hub
-            .push_media(Arc::new(EncodedPacket {
-                data,
-                ..pkt.clone()
-            }))
+            .push_media(out)
             .map_err(|e| self.lost(e.to_string()))?;
         Ok(Written::Sent)
     }
@@ -653,7 +623,7 @@ impl Output for LiveKitOutput {
     }
 
     fn link(&self) -> Option<LinkReport> {
-        Some(self.link.clone())
+        Some(self.reconnect.link.clone())
     }
 
     fn started(&self) -> bool {
