@@ -356,7 +356,7 @@ struct NetworkArgs {
     /// Attempts before giving up (0: never reconnect).
     #[arg(long, default_value_t = 20)]
     reconnect_tries: u32,
-    /// rtmps://: trust this CA certificate (PEM) instead of the system store.
+    /// rtmps:// and livekit+wss://: trust this CA certificate (PEM) instead of the system store.
     #[arg(long)]
     ca_file: Option<PathBuf>,
     /// rtmps://: do not verify the server certificate (the stream key could be intercepted).

@@ -340,3 +340,146 @@ fn bad_tokens_and_a_missing_server_are_classified() {
     refused(&["publish", &closed], &good, "connection refused");
     refused(&["publish", &url], "not-a-jwt", "unusable access token");
 }
+
+/// nginx's stream module terminating TLS (a certificate for 127.0.0.1 from a private CA) in front
+/// of LiveKit's port, as a self-hosted deployment does; returns the TLS port, the CA certificate
+/// and the proxy process.
+fn tls_proxy(lk: &LiveKit, name: &str) -> (u16, PathBuf, Proc) {
+    let dir = tmpdir(&format!("livekit-tls-{name}"));
+    // A private CA and a server certificate it signed (webpki takes no CA as a server's own
+    // certificate).
+    let sh = |args: &[&str]| {
+        let ok = Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "openssl {args:?}");
+    };
+    sh(&[
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+    ]
+    .into_iter()
+    .chain([
+        "/CN=castline test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ])
+    .collect::<Vec<_>>());
+    sh(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "req.csr",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    sh(&[
+        "x509",
+        "-req",
+        "-in",
+        "req.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "cert.pem",
+    ]);
+    let port = free_port();
+    let d = dir.display();
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
+             daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             stream {{ server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {d}/cert.pem;\n\
+             ssl_certificate_key {d}/key.pem; proxy_pass 127.0.0.1:{}; }} }}\n",
+            lk.port
+        ),
+    )
+    .unwrap();
+    let p = Command::new("nginx")
+        .arg("-p")
+        .arg(&dir)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx (apt-get install nginx libnginx-mod-stream)");
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "nginx did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (port, dir.join("ca.pem"), Proc(p))
+}
+
+#[test]
+fn publishes_over_wss_and_refuses_a_certificate_it_cannot_trust() {
+    let Some(bin) = available() else { return };
+    let lk = LiveKit::start(bin, "wss");
+    let (port, cert, _proxy) = tls_proxy(&lk, "wss");
+    let url = format!("livekit+wss://127.0.0.1:{port}");
+    let env = |c: &mut Command| {
+        c.env("LIVEKIT_API_KEY", API_KEY)
+            .env("LIVEKIT_API_SECRET", API_SECRET)
+            .args(["--room", "wss", "--source", "testsrc", "--audio", "none"]);
+    };
+    // Not trusted by the webpki roots: a classified failure at once, exit 1.
+    let mut untrusted = castline();
+    untrusted.args(["publish", &url, "--duration", "5"]);
+    env(&mut untrusted);
+    let t0 = Instant::now();
+    let out = run(&mut untrusted);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    let text = stderr(&out);
+    assert!(
+        text.contains("TLS") || text.contains("certificate"),
+        "{text}"
+    );
+    no_secrets(&text, None);
+    // Trusted through --ca-file: the subscriber (on plain ws) decodes the share.
+    let dir = tmpdir("livekit-wss");
+    let mut cmd = castline();
+    cmd.args(["publish", &url, "--duration", "12", "--ca-file"])
+        .arg(&cert);
+    env(&mut cmd);
+    let mut castline = spawn_logged(&mut cmd, &dir.join("err"));
+    std::thread::sleep(Duration::from_secs(3));
+    let s = summary(&subscribe(&lk, "wss", 5.0, false));
+    wait_proc(&mut castline, Duration::from_secs(20));
+    let err = std::fs::read_to_string(dir.join("err")).unwrap();
+    assert!(s["frames"].as_u64().unwrap() >= 60, "{s}\n{err}");
+    assert_eq!(s["video_source"], "SOURCE_SCREENSHARE");
+    assert_eq!(castline.0.wait().unwrap().code(), Some(0), "{err}");
+    assert!(err.contains("wss://127.0.0.1"), "{err}");
+    no_secrets(&err, None);
+}

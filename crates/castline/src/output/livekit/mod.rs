@@ -280,6 +280,12 @@ impl LiveKitOutput {
                 });
             }
         }
+        if !opts.tls_verify && target.ws_url.starts_with("wss://") {
+            return Err(OutputError::InvalidUrl {
+                url: redact_livekit_url(&target.ws_url),
+                reason: "castline always verifies a LiveKit server's certificate (the token crosses this link); trust a private CA with --ca-file".into(),
+            });
+        }
         webrtc::init_crypto();
         let cfg = HubConfig {
             bind_ip: std::net::IpAddr::from([0, 0, 0, 0]),
@@ -374,7 +380,8 @@ impl LiveKitOutput {
         let join = proto::join_request(&self.publish, &offer);
         let url = proto::join_url(&self.target.ws_url, &join);
         let timeout = self.opts.connect_timeout.max(Duration::from_secs(2));
-        let signal = match Signal::connect(&url, &token, timeout) {
+        let signal = match Signal::connect(&url, &token, timeout, self.opts.tls_ca_file.as_deref())
+        {
             Ok(s) => s,
             Err(e) => {
                 self.hub.remove(peer);

@@ -80,9 +80,39 @@ fn tcp(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, ConnectErr
     Err(last)
 }
 
-fn tls(host: &str, sock: TcpStream) -> Result<Box<dyn Stream>, ConnectError> {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+/// TLS to `host`: verified against the webpki roots, or only against the CA certificates in
+/// `ca_file` (PEM) when one is given (a self-hosted server with a private CA).
+fn tls(
+    host: &str,
+    sock: TcpStream,
+    ca_file: Option<&std::path::Path>,
+) -> Result<Box<dyn Stream>, ConnectError> {
+    use rustls::pki_types::pem::PemObject;
+    let roots = match ca_file {
+        None => rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        },
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                ConnectError::Unreachable(format!("TLS: cannot read {}: {e}", path.display()))
+            })?;
+            let mut store = rustls::RootCertStore::empty();
+            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| {
+                    ConnectError::Unreachable(format!("TLS: {}: {e}", path.display()))
+                })?;
+                store.add(cert).map_err(|e| {
+                    ConnectError::Unreachable(format!("TLS: {}: {e}", path.display()))
+                })?;
+            }
+            if store.is_empty() {
+                return Err(ConnectError::Unreachable(format!(
+                    "TLS: no certificate in {}",
+                    path.display()
+                )));
+            }
+            store
+        }
     };
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
@@ -100,7 +130,12 @@ fn tls(host: &str, sock: TcpStream) -> Result<Box<dyn Stream>, ConnectError> {
 impl Signal {
     /// Connect and upgrade: `url` is the full join URL (ws:// or wss://), `token` goes in the
     /// `Authorization` header.
-    pub fn connect(url: &str, token: &str, timeout: Duration) -> Result<Self, ConnectError> {
+    pub fn connect(
+        url: &str,
+        token: &str,
+        timeout: Duration,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, ConnectError> {
         let (secure, rest) = if let Some(r) = url.strip_prefix("wss://") {
             (true, r)
         } else if let Some(r) = url.strip_prefix("ws://") {
@@ -114,7 +149,7 @@ impl Signal {
         let _ = sock.set_read_timeout(Some(timeout));
         let _ = sock.set_write_timeout(Some(timeout));
         let stream: Box<dyn Stream> = if secure {
-            tls(&host, sock)?
+            tls(&host, sock, ca_file)?
         } else {
             Box::new(sock)
         };
@@ -326,6 +361,7 @@ mod tests {
             &format!("ws://127.0.0.1:{port}/rtc/v1"),
             "t",
             Duration::from_secs(1),
+            None,
         );
         assert_eq!(r.err(), Some(ConnectError::Refused));
     }
