@@ -1170,8 +1170,10 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(4);
 const PROBE_AFTER_LOSS: Duration = Duration::from_secs(3);
 
 /// For this long after a peer connects only loss (not the delay-based estimate) moves it to the
-/// low tier.
-const JOIN_GRACE: Duration = Duration::from_secs(4);
+/// low tier. A browser that just started starves the machine for a second or two, the delay
+/// estimate dips with it, and the target then lags the recovering estimate by the probe padding
+/// counted as overhead: measured in CI, a 4 s grace let an uncapped viewer drop a tier 8 s in.
+const JOIN_GRACE: Duration = Duration::from_secs(8);
 
 /// What a peer's estimator probes up to: a little over what the main tier needs, so a peer on
 /// the low tier finds out when its path carries the main tier again.
