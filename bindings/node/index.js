@@ -47,7 +47,9 @@ class Session extends EventEmitter {
     try {
       await this._native.start(
         (e) => emit('error', engineError(e)),
-        () => emit('stopped'),
+        // Each native callback has its own queue into the event loop: defer 'stopped' by a turn
+        // so the 'stopping' event (and last stats) queued before it are delivered first.
+        () => setImmediate(() => emit('stopped')),
         (s) => emit('stats', s),
         (ev) => emit('event', ev),
       );
