@@ -346,6 +346,8 @@ test('startScreenShare({ serverUrl, token }) publishes a screen share into a Liv
       assert.ok(last.bitrateMbps > 0.1, JSON.stringify(last));
       assert.deepStrictEqual(errors, []);
       await engine.stopScreenShare();
+      // onStopped comes a turn after stop() resolves (after the events queued before it).
+      for (let i = 0; i < 50 && !stopped; i++) await sleep(20);
       assert.ok(stopped);
 
       // A token without the publish grant: a classified rejection, nothing started.
