@@ -67,16 +67,7 @@ fn psnr(a: &[u8], b: &[u8]) -> f64 {
 fn a_still_screen_idles_keeps_its_viewer_and_shows_a_change_at_once() {
     let (w, h) = (1280, 720);
     let x = Xvfb::start(w, h);
-    let _content = {
-        let p = Command::new(TESTKIT)
-            .args(["content", "--static"])
-            .env("DISPLAY", &x.display)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(1500));
-        Proc(p)
-    };
+    let _content = x.static_content();
     let dir = tmpdir("zh-still");
     let rec = dir.join("rec.mp4");
     let duration = 75;
@@ -209,16 +200,7 @@ fn a_still_screen_idles_keeps_its_viewer_and_shows_a_change_at_once() {
 fn recordings_keep_a_constant_rate_unless_vfr() {
     let (w, h) = (640, 360);
     let x = Xvfb::start(w, h);
-    let _content = {
-        let p = Command::new(TESTKIT)
-            .args(["content", "--static"])
-            .env("DISPLAY", &x.display)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(1500));
-        Proc(p)
-    };
+    let _content = x.static_content();
     let dir = tmpdir("zh-rec");
     for vfr in [false, true] {
         let rec = dir.join(format!("vfr-{vfr}.mp4"));

@@ -83,6 +83,18 @@ impl Xvfb {
         Proc(p)
     }
 
+    /// Full-screen textured content painted once and never changed (a still screen).
+    pub fn static_content(&self) -> Proc {
+        let p = Command::new(TESTKIT)
+            .args(["content", "--static"])
+            .env("DISPLAY", &self.display)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        Proc(p)
+    }
+
     /// A test window; returns the process and the window id.
     pub fn window(&self, extra: &[&str]) -> (Proc, u32) {
         let mut p = Command::new(TESTKIT)
