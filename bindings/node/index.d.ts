@@ -23,12 +23,43 @@ export function forceKeyframe(): void;
 export function isScreenShareRunning(): boolean;
 export function stopScreenShare(): Promise<void>;
 
+/** Where `setSource` switches to. */
+export interface SourceChoice {
+  /** `primary`, `display`, `window` or `testsrc`. */
+  targetType?: 'primary' | 'display' | 'window' | 'testsrc';
+  /** Display index or window handle. */
+  targetId?: number;
+}
+
+// The running screen share of startScreenShare, changed live (reject with code 'not_running'
+// when none runs).
+export function setSource(source: SourceChoice): Promise<void>;
+export function addOutput(target: string, options?: { token?: string }): Promise<number>;
+export function removeOutput(id: number): Promise<void>;
+export function setBitrate(bps: number): Promise<void>;
+export function setFps(fps: number): Promise<void>;
+export function setAudioMuted(muted: boolean): Promise<void>;
+
 export class Session extends EventEmitter {
   constructor(options: ShareOptions);
   start(): Promise<void>;
   stop(): Promise<void>;
   forceKeyframe(): void;
   isRunning(): boolean;
+  /** Capture another display, window or testsrc; every target keeps running (live targets get
+   * a keyframe and follow the new size, recordings keep theirs). Emits `source_changed`. */
+  setSource(source: SourceChoice): Promise<void>;
+  /** Open another target while running (file://…, rtmp://…, whip+https://…, serve://…,
+   * livekit://…, rtp://…); resolves with its id. Emits `output_added`. */
+  addOutput(target: string, options?: { token?: string }): Promise<number>;
+  /** Stop one target (resolves once a recording is finalized). Emits `output_removed`. */
+  removeOutput(id: number): Promise<void>;
+  /** Video bitrate, bit/s, between `minBitrate` and the bitrate the session started with. */
+  setBitrate(bps: number): Promise<void>;
+  /** Highest frame rate encoded, 1 up to the rate the session started with. */
+  setFps(fps: number): Promise<void>;
+  /** Silence the audio track (it keeps running) or bring the sound back. */
+  setAudioMuted(muted: boolean): Promise<void>;
   on(event: 'stats', listener: (stats: Stats) => void): this;
   on(event: 'error', listener: (error: CastlineError) => void): this;
   on(event: 'stopped', listener: () => void): this;

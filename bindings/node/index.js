@@ -61,6 +61,47 @@ class Session extends EventEmitter {
   stop() { return this._native.stop(); }
   forceKeyframe() { this._native.forceKeyframe(); }
   isRunning() { return this._native.isRunning(); }
+
+  // Live control: each resolves once the change is in effect and emits an 'event' with its
+  // name; bad arguments reject with a classified error (.code) and change nothing.
+  async _control(name, detail, call) {
+    let v;
+    try { v = await call(); } catch (e) { throw toError(e); }
+    this.emit('event', { name, detail: detail(v) });
+    return v;
+  }
+
+  /** Another display, window or testsrc: `{ targetType, targetId }`. */
+  setSource(source) {
+    const s = source || {};
+    return this._control('source_changed', () => JSON.stringify(s),
+      () => this._native.setSource({ targetType: s.targetType, targetId: s.targetId }));
+  }
+
+  /** Another target while running (a recording, a stream, a viewer server); resolves with its id. */
+  addOutput(target, options) {
+    const token = options && options.token;
+    return this._control('output_added', (id) => String(id),
+      () => this._native.addOutput(String(target), token == null ? undefined : String(token)));
+  }
+
+  /** Stop one target by id (from addOutput, or stats.outputs[].id); a recording is finalized. */
+  removeOutput(id) {
+    return this._control('output_removed', () => String(id), () => this._native.removeOutput(Number(id)));
+  }
+
+  setBitrate(bps) {
+    return this._control('bitrate_changed', () => String(bps), () => this._native.setBitrate(Number(bps)));
+  }
+
+  setFps(fps) {
+    return this._control('fps_changed', () => String(fps), () => this._native.setFps(Number(fps)));
+  }
+
+  setAudioMuted(muted) {
+    return this._control(muted ? 'audio_muted' : 'audio_unmuted', () => String(!!muted),
+      () => this._native.setAudioMuted(!!muted));
+  }
 }
 
 let current = null;
@@ -84,6 +125,19 @@ async function startScreenShare(options, onError, onStopped, onStats) {
   await s.start();
 }
 
+// The module-level functions act on the screen share startScreenShare started.
+function onCurrent(method) {
+  return async (...args) => {
+    if (!current || !current.isRunning()) {
+      const err = new Error('no screen share is running');
+      err.code = 'not_running';
+      err.fatal = false;
+      throw err;
+    }
+    return current[method](...args);
+  };
+}
+
 module.exports = {
   listDisplays: () => { try { return native.listDisplays(); } catch (e) { throw toError(e); } },
   listWindows: () => { try { return native.listWindows(); } catch (e) { throw toError(e); } },
@@ -92,5 +146,11 @@ module.exports = {
   forceKeyframe: () => { if (current) current.forceKeyframe(); },
   isScreenShareRunning: () => !!current && current.isRunning(),
   stopScreenShare: async () => { if (current) await current.stop(); },
+  setSource: onCurrent('setSource'),
+  addOutput: onCurrent('addOutput'),
+  removeOutput: onCurrent('removeOutput'),
+  setBitrate: onCurrent('setBitrate'),
+  setFps: onCurrent('setFps'),
+  setAudioMuted: onCurrent('setAudioMuted'),
   Session,
 };

@@ -16,7 +16,7 @@ use castline::capture::{
 use castline::encode::{EncoderKind, EncoderSettings, H264Profile};
 use castline::output::OutputSpec;
 use castline::pipeline::stats::StatsSnapshot;
-use castline::pipeline::{AudioConfig, Pipeline, PipelineConfig};
+use castline::pipeline::{AudioConfig, Control, Pipeline, PipelineConfig};
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
@@ -118,6 +118,18 @@ pub struct ShareOptions {
     pub idle_fps: Option<f64>,
     /// Recordings take a variable frame rate too (default false: constant).
     pub vfr: Option<bool>,
+    /// H.264 profile: `baseline`, `main` or `high`. Default: `baseline` with a live target,
+    /// else `high`. WebRTC targets added later with `addOutput` need `baseline` (or `main`).
+    pub profile: Option<String>,
+}
+
+/// The source of `setSource`.
+#[napi(object)]
+pub struct SourceChoice {
+    /// `primary`, `display`, `window` or `testsrc`.
+    pub target_type: Option<String>,
+    /// Display index or window handle.
+    pub target_id: Option<u32>,
 }
 
 /// A classified error, as passed to the error callback.
@@ -130,6 +142,8 @@ pub struct EngineError {
 
 #[napi(object)]
 pub struct OutputStats {
+    /// What `removeOutput` takes (the configured targets are 0, 1, …).
+    pub id: u32,
     pub name: String,
     pub state: String,
     pub bitrate_mbps: f64,
@@ -199,6 +213,15 @@ pub struct EngineEvent {
 fn err(code: &str, message: impl std::fmt::Display) -> Error {
     // index.js turns "castline:CODE:MESSAGE" into an Error with .code and .fatal.
     Error::new(Status::GenericFailure, format!("castline:{code}:{message}"))
+}
+
+/// The message of an `err(...)` without its "castline:CODE:" prefix.
+fn strip_code(e: &Error) -> String {
+    let r = e.reason.as_str();
+    r.strip_prefix("castline:")
+        .and_then(|r| r.split_once(':'))
+        .map(|(_, m)| m.to_string())
+        .unwrap_or_else(|| r.to_string())
 }
 
 fn classify(e: &castline::Error) -> (String, bool) {
@@ -288,6 +311,59 @@ pub fn list_audio() -> Result<AudioDevices> {
 }
 
 /// Turn JS options into a pipeline configuration; every mistake is an `invalid_option`.
+/// One target as the options (and `addOutput`) take it; `token` goes to the targets that take
+/// one (the WHIP bearer, the `serve://` viewer token, a LiveKit access token).
+fn output_of(target: &str, token: Option<String>) -> Result<OutputSpec> {
+    let bad = |m: String| err("invalid_option", m);
+    let t = target.trim();
+    let lower = t.to_ascii_lowercase();
+    let mut output = if lower.starts_with("whip+") {
+        OutputSpec::Whip {
+            url: t.to_string(),
+            bearer: token.clone(),
+        }
+    } else {
+        t.parse::<OutputSpec>().map_err(|e| bad(e.to_string()))?
+    };
+    match (&mut output, token) {
+        (OutputSpec::Serve(s), Some(tok)) => s.token = Some(tok),
+        (OutputSpec::LiveKit(l), Some(tok)) => {
+            l.auth = Some(castline::output::livekit::LiveKitAuth::Token(tok))
+        }
+        (OutputSpec::LiveKit(_), None) => {
+            return Err(bad(
+                "a LiveKit target needs token (or use serverUrl + token)".into(),
+            ))
+        }
+        _ => {}
+    }
+    Ok(output)
+}
+
+/// `targetType` / `targetId` as a source.
+fn source_of(target_type: Option<&str>, target_id: Option<u32>) -> Result<SourceSpec> {
+    let bad = |m: String| err("invalid_option", m);
+    Ok(match target_type.unwrap_or("primary") {
+        "primary" | "screen" => SourceSpec::Screen,
+        "display" => {
+            SourceSpec::Display(target_id.ok_or_else(|| {
+                bad("targetType 'display' needs targetId (a display index)".into())
+            })? as usize)
+        }
+        "window" => {
+            SourceSpec::Window(target_id.ok_or_else(|| {
+                bad("targetType 'window' needs targetId (a window handle)".into())
+            })?)
+        }
+        "testsrc" => SourceSpec::TestSrc,
+        other => {
+            return Err(bad(format!(
+                "unknown targetType '{other}' (primary, display, window or testsrc)"
+            )))
+        }
+    })
+}
+
 fn config(o: &ShareOptions) -> Result<PipelineConfig> {
     let bad = |m: String| err("invalid_option", m);
     let mut outputs = Vec::new();
@@ -305,31 +381,8 @@ fn config(o: &ShareOptions) -> Result<PipelineConfig> {
         outputs.push(OutputSpec::LiveKit(t));
     }
     if let Some(target) = o.target.as_deref() {
-        let t = target.trim();
-        let lower = t.to_ascii_lowercase();
-        let mut output = if lower.starts_with("whip+") {
-            OutputSpec::Whip {
-                url: t.to_string(),
-                bearer: o.token.clone().filter(|_| o.server_url.is_none()),
-            }
-        } else {
-            t.parse::<OutputSpec>().map_err(|e| bad(e.to_string()))?
-        };
-        match (&mut output, &o.token) {
-            (OutputSpec::Serve(s), Some(tok)) if o.server_url.is_none() => {
-                s.token = Some(tok.clone())
-            }
-            (OutputSpec::LiveKit(l), Some(tok)) if o.server_url.is_none() => {
-                l.auth = Some(castline::output::livekit::LiveKitAuth::Token(tok.clone()))
-            }
-            (OutputSpec::LiveKit(_), _) => {
-                return Err(bad(
-                    "a LiveKit target needs token (or use serverUrl + token)".into(),
-                ))
-            }
-            _ => {}
-        }
-        outputs.push(output);
+        let token = o.token.clone().filter(|_| o.server_url.is_none());
+        outputs.push(output_of(target, token)?);
     }
     if outputs.is_empty() {
         return Err(bad(
@@ -337,22 +390,7 @@ fn config(o: &ShareOptions) -> Result<PipelineConfig> {
         ));
     }
     let webrtc = outputs.iter().any(|o| o.is_webrtc());
-    let source =
-        match o.target_type.as_deref().unwrap_or("primary") {
-            "primary" | "screen" => SourceSpec::Screen,
-            "display" => SourceSpec::Display(o.target_id.ok_or_else(|| {
-                bad("targetType 'display' needs targetId (a display index)".into())
-            })? as usize),
-            "window" => SourceSpec::Window(o.target_id.ok_or_else(|| {
-                bad("targetType 'window' needs targetId (a window handle)".into())
-            })?),
-            "testsrc" => SourceSpec::TestSrc,
-            other => {
-                return Err(bad(format!(
-                    "unknown targetType '{other}' (primary, display, window or testsrc)"
-                )))
-            }
-        };
+    let source = source_of(o.target_type.as_deref(), o.target_id)?;
     let fps = o.fps.unwrap_or(30);
     if !(1..=240).contains(&fps) {
         return Err(bad(format!("fps {fps} out of range 1–240")));
@@ -414,10 +452,10 @@ fn config(o: &ShareOptions) -> Result<PipelineConfig> {
             kind,
             bitrate: bitrate as u64,
             preset: o.preset.clone().unwrap_or_else(|| "veryfast".into()),
-            profile: if webrtc {
-                H264Profile::Baseline
-            } else {
-                H264Profile::High
+            profile: match o.profile.as_deref() {
+                Some(p) => p.parse().map_err(bad)?,
+                None if webrtc => H264Profile::Baseline,
+                None => H264Profile::High,
             },
             keyint_s: keyint,
             ..EncoderSettings::default()
@@ -462,6 +500,7 @@ fn stats_of(s: &StatsSnapshot) -> Stats {
             .outputs
             .iter()
             .map(|o| OutputStats {
+                id: o.id as u32,
                 name: o.name.clone(),
                 state: serde_state(o.state),
                 bitrate_mbps: o.kbps / 1000.0,
@@ -520,6 +559,8 @@ struct Running {
     stop: Arc<AtomicBool>,
     keyframe: Arc<AtomicBool>,
     monitor: Option<JoinHandle<()>>,
+    /// Set once the pipeline has started.
+    control: Arc<Mutex<Option<Control>>>,
 }
 
 #[derive(Default)]
@@ -621,6 +662,8 @@ impl NativeSession {
         let stop = Arc::new(AtomicBool::new(false));
         let keyframe = Arc::new(AtomicBool::new(false));
         let (stop2, keyframe2) = (stop.clone(), keyframe.clone());
+        let control = Arc::new(Mutex::new(None));
+        let control2 = control.clone();
         // The monitor handle is stored before the thread can finish: hold the lock over spawn.
         let mut guard = inner.running.lock().unwrap_or_else(|p| p.into_inner());
         let inner2 = inner.clone();
@@ -637,6 +680,7 @@ impl NativeSession {
                         return;
                     }
                 };
+                *control2.lock().unwrap_or_else(|p| p.into_inner()) = Some(pipeline.control());
                 deferred.resolve(|_| Ok(()));
                 let detail = pipeline.endpoints().first().cloned();
                 on_event.call(
@@ -714,6 +758,7 @@ impl NativeSession {
                         );
                     }
                 }
+                control2.lock().unwrap_or_else(|p| p.into_inner()).take();
                 inner2.active.store(false, Ordering::SeqCst);
                 on_stopped.call((), ThreadsafeFunctionCallMode::NonBlocking);
             })
@@ -722,6 +767,7 @@ impl NativeSession {
             stop,
             keyframe,
             monitor: Some(monitor),
+            control,
         });
         Ok(promise)
     }
@@ -754,6 +800,101 @@ impl NativeSession {
         {
             r.keyframe.store(true, Ordering::SeqCst);
         }
+    }
+
+    /// The running pipeline's control handle, or `not_running`.
+    fn control(&self) -> Result<Control> {
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|r| r.control.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .ok_or_else(|| err("not_running", "the session is not running"))
+    }
+
+    /// Run a control call off the JS thread (opening a source or an output can take a moment);
+    /// the promise settles with its result.
+    fn control_call<'env, T, F>(&self, env: &'env Env, f: F) -> Result<Object<'env>>
+    where
+        T: ToNapiValue + Send + 'static,
+        F: FnOnce(Control) -> std::result::Result<T, castline::Error> + Send + 'static,
+    {
+        let (deferred, promise) = env.create_deferred::<T, _>()?;
+        let control = match self.control() {
+            Ok(c) => c,
+            Err(e) => {
+                deferred.reject(e);
+                return Ok(promise);
+            }
+        };
+        std::thread::Builder::new()
+            .name("castline-node-control".into())
+            .spawn(move || match f(control) {
+                Ok(v) => deferred.resolve(move |_| Ok(v)),
+                Err(e) => {
+                    let (code, _) = classify(&e);
+                    deferred.reject(err(&code, e));
+                }
+            })
+            .map_err(|e| err("internal", e))?;
+        Ok(promise)
+    }
+
+    /// Capture another display, window or the test picture; outputs keep running.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn set_source<'env>(&self, env: &'env Env, source: SourceChoice) -> Result<Object<'env>> {
+        let spec = source_of(source.target_type.as_deref(), source.target_id);
+        self.control_call(env, move |c| {
+            let spec = spec.map_err(|e| castline::Error::Config(strip_code(&e)))?;
+            c.set_source(spec)
+        })
+    }
+
+    /// Open another target while running; resolves with its id.
+    #[napi(ts_return_type = "Promise<number>")]
+    pub fn add_output<'env>(
+        &self,
+        env: &'env Env,
+        target: String,
+        token: Option<String>,
+    ) -> Result<Object<'env>> {
+        let spec = output_of(&target, token);
+        self.control_call(env, move |c| {
+            let spec = spec.map_err(|e| castline::Error::Config(strip_code(&e)))?;
+            c.add_output(spec).map(|id| id as u32)
+        })
+    }
+
+    /// Stop one target (a recording is finalized before this resolves).
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn remove_output<'env>(&self, env: &'env Env, id: u32) -> Result<Object<'env>> {
+        self.control_call(env, move |c| c.remove_output(id as u64).map(|_| ()))
+    }
+
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn set_bitrate<'env>(&self, env: &'env Env, bps: f64) -> Result<Object<'env>> {
+        self.control_call(env, move |c| {
+            if !bps.is_finite() || bps < 0.0 {
+                return Err(castline::Error::Config(format!("invalid bitrate {bps}")));
+            }
+            c.set_bitrate(bps as u64)
+        })
+    }
+
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn set_fps<'env>(&self, env: &'env Env, fps: f64) -> Result<Object<'env>> {
+        self.control_call(env, move |c| {
+            if !fps.is_finite() || fps.fract() != 0.0 || !(0.0..=1000.0).contains(&fps) {
+                return Err(castline::Error::Config(format!("invalid fps {fps}")));
+            }
+            c.set_fps(fps as u32)
+        })
+    }
+
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn set_audio_muted<'env>(&self, env: &'env Env, muted: bool) -> Result<Object<'env>> {
+        self.control_call(env, move |c| c.set_audio_muted(muted))
     }
 
     #[napi]

@@ -28,6 +28,10 @@ const UP_AFTER: Duration = Duration::from_secs(2);
 
 pub const MAIN: u8 = 0;
 pub const LOW: u8 = 1;
+/// The size recordings keep while the main tier follows a source of another size.
+pub const RECORD: u8 = 2;
+/// A sink added while running: it takes nothing until its tier's next keyframe.
+pub const NONE: u8 = u8::MAX;
 
 /// The tier a sink with `target_bps` should take, given the tier it is on.
 pub fn choose(target_bps: u64, main_bps: u64, current: u8) -> u8 {
@@ -57,6 +61,14 @@ impl Default for TierSwitch {
 }
 
 impl TierSwitch {
+    /// A sink that joins a running stream: it starts at the next keyframe of the tier it asks.
+    pub fn joining() -> Self {
+        Self {
+            current: NONE,
+            pending: None,
+        }
+    }
+
     /// Ask for tier `want`; true when that starts a switch (the caller asks for a keyframe).
     pub fn want(&mut self, want: u8) -> bool {
         if want == self.current {

@@ -9,13 +9,14 @@
 //! of the output queues; each output drains its queue and finishes its file or connection.
 
 pub mod clock;
+pub mod control;
 pub mod queue;
 mod sink_feedback;
 pub mod stats;
 pub mod tiers;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -37,12 +38,14 @@ use crate::error::{Error, Result};
 use crate::mix::{self, Mixer};
 use crate::output::{self, Output, OutputSpec, OutputSummary, RtmpOptions, Written};
 use clock::MediaClock;
+pub use control::{Control, OutputId};
+use control::{LiveSettings, OutputSet, Shared, StreamInfos};
 use queue::{FrameQueue, PacketQueue, Pop, PushOutcome};
 use sink_feedback::SinkFeedback;
 use stats::{
     AudioCounters, AudioStats, OutputCounters, PipelineCounters, StatsSampler, StatsSnapshot,
 };
-use tiers::{AdaptationReport, Tiers};
+use tiers::{AdaptationReport, OutputMix, Tiers};
 
 /// What audio to capture and how to encode it.
 #[derive(Debug, Clone)]
@@ -98,25 +101,6 @@ pub struct PipelineConfig {
     pub vfr_recordings: bool,
 }
 
-impl PipelineConfig {
-    /// The cadence the encode runs at: zero-hertz only when no output needs a constant frame
-    /// rate. One encode feeds every output, and a constant-rate output (RTMP, a recording
-    /// without `vfr_recordings`) needs every frame, so then every output gets every frame —
-    /// what a second, zero-hertz encode would save is less than what it costs.
-    pub fn cadence(&self) -> Option<CadenceConfig> {
-        let zh = self.zero_hertz?;
-        let all_vfr = self.outputs.iter().all(|o| match o {
-            OutputSpec::Mp4(_) => self.vfr_recordings,
-            OutputSpec::Rtmp(_) => false,
-            OutputSpec::Serve(_)
-            | OutputSpec::Whip { .. }
-            | OutputSpec::Rtp(_)
-            | OutputSpec::LiveKit(_) => true,
-        });
-        all_vfr.then_some(zh)
-    }
-}
-
 impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
@@ -151,12 +135,9 @@ pub struct RunSummary {
 
 /// A running pipeline.
 pub struct Pipeline {
-    clock: MediaClock,
-    stop: Arc<AtomicBool>,
-    keyframe: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     counters: Arc<PipelineCounters>,
     raw: FrameQueue<VideoFrame>,
-    outputs: Vec<Arc<OutputCounters>>,
     sampler: Mutex<StatsSampler>,
     info: VideoStreamInfo,
     audio_stats: Option<AudioStats>,
@@ -165,7 +146,6 @@ pub struct Pipeline {
     /// None when video is passed through (ffmpeg source).
     encode: Option<JoinHandle<std::result::Result<(), Error>>>,
     audio: Option<JoinHandle<std::result::Result<(), Error>>>,
-    output_threads: Vec<JoinHandle<std::result::Result<OutputSummary, crate::error::OutputError>>>,
     endpoints: Vec<String>,
 }
 
@@ -187,166 +167,67 @@ impl Pipeline {
         let clock = MediaClock::new();
         // Keep FFmpeg's libraries quiet on stderr; castline reports errors itself.
         ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Fatal);
-        let video = if let SourceSpec::FfmpegProcess(args) = &cfg.source {
-            let ingest = FfmpegIngest::start(args, &cfg.encoder, cfg.fps, clock)?;
-            tracing::info!(
-                source = "ffmpeg process",
-                width = ingest.info.width,
-                height = ingest.info.height,
-                "capture_started"
-            );
-            VideoPath::PassThrough(ingest)
-        } else {
-            let mut source_options = cfg.source_options.clone();
-            if let Some(size) = cfg.size {
-                source_options.testsrc_size = size;
-            }
-            let source = capture::open_source(&cfg.source, &source_options)?;
-            let (sw, sh) = source.size();
-            let (w, h) = cfg.size.unwrap_or_else(|| even_crop(sw, sh));
-            tracing::info!(
-                source = source.describe(),
-                width = w,
-                height = h,
-                fps = cfg.fps,
-                "capture_started"
-            );
-            let encoder = encode::open_video_encoder(&cfg.encoder, w, h, cfg.fps)?;
-            VideoPath::Encode(source, encoder)
-        };
+        let video = open_video(&cfg, clock)?;
         let info = match &video {
             VideoPath::Encode(_, e) => e.info().clone(),
             VideoPath::PassThrough(i) => i.info.clone(),
         };
-        // Audio: sources first (an unknown device fails the start), one encoder per codec the
-        // outputs take.
-        let mut audio_inputs = Vec::new();
-        let mut audio_encoders: Vec<Box<dyn AudioEncoder>> = Vec::new();
-        if !cfg.audio.sources.is_empty() {
-            for spec in &cfg.audio.sources {
-                let gain = match spec {
-                    AudioSourceSpec::Mic(_) => cfg.audio.mic_gain,
-                    _ => 1.0,
-                };
-                audio_inputs.push(PulseInput::open(spec, gain, clock)?);
-            }
-            let mut codecs: Vec<AudioCodec> = cfg.outputs.iter().map(|o| o.audio_codec()).collect();
-            codecs.dedup();
-            for c in codecs {
-                if audio_encoders.iter().all(|e| e.info().codec != c) {
-                    audio_encoders.push(encode::open_audio_encoder(c, cfg.audio.bitrate)?);
-                }
-            }
-        }
-        let audio_info: HashMap<AudioCodec, encode::AudioStreamInfo> = audio_encoders
-            .iter()
-            .map(|e| (e.info().codec, e.info().clone()))
-            .collect();
-        let keyframe = Arc::new(AtomicBool::new(false));
-        let mut outputs = Vec::new();
-        for spec in &cfg.outputs {
-            let media = MediaInfo {
-                video: info.clone(),
-                audio: audio_info.get(&spec.audio_codec()).cloned(),
-            };
-            let live = output::LiveOptions {
-                rtmp: &cfg.rtmp,
-                adapt: &cfg.adapt,
-            };
-            match output::open_output(spec, &media, clock, &live, keyframe.clone()) {
-                Ok(o) => outputs.push((spec, o)),
-                Err(e) => {
-                    // Undo the outputs already created so no empty files remain.
-                    for (_, o) in outputs {
-                        let _ = o.finish(false);
-                    }
-                    return Err(e.into());
-                }
-            }
-        }
-
-        let stop = Arc::new(AtomicBool::new(false));
+        let (audio_inputs, audio_encoders) = open_audio(&cfg, clock)?;
+        let shared = Arc::new(Shared {
+            clock,
+            stop: Arc::new(AtomicBool::new(false)),
+            keyframe: Arc::new(AtomicBool::new(false)),
+            outputs: OutputSet::default(),
+            threads: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(0),
+            next_source: Mutex::new(None),
+            live: LiveSettings {
+                bitrate: AtomicU64::new(cfg.encoder.bitrate),
+                max_fps: AtomicU32::new(cfg.fps),
+                audio_muted: AtomicBool::new(false),
+            },
+            streams: Mutex::new(StreamInfos {
+                main: info.clone(),
+                record: None,
+            }),
+            has_audio: !audio_encoders.is_empty(),
+            audio_info: Mutex::new(
+                audio_encoders
+                    .iter()
+                    .map(|e| (e.info().codec, e.info().clone()))
+                    .collect(),
+            ),
+            new_audio_encoders: Mutex::new(Vec::new()),
+            passthrough: matches!(video, VideoPath::PassThrough(_)),
+            cfg,
+        });
+        let endpoints = start_outputs(&shared, &info)?;
         let counters = Arc::new(PipelineCounters::default());
         let raw = FrameQueue::new(2);
-
-        let mut out_counters = Vec::new();
-        let mut output_threads = Vec::new();
-        let mut endpoints = Vec::new();
-        for (spec, out) in outputs {
-            let queue = match spec {
-                OutputSpec::Mp4(_) => {
-                    PacketQueue::new(cfg.file_queue_packets, cfg.file_queue_duration)
-                }
-                OutputSpec::Rtmp(_) => PacketQueue::new(cfg.rtmp.buffer_packets, cfg.rtmp.buffer),
-                // Live to people: a short queue; late video is worse than a skipped frame.
-                OutputSpec::Serve(_)
-                | OutputSpec::Whip { .. }
-                | OutputSpec::Rtp(_)
-                | OutputSpec::LiveKit(_) => PacketQueue::new(60, Duration::from_millis(500)),
-            };
-            if let Some(e) = out.endpoint() {
-                endpoints.push(e);
-            }
-            let mut c = OutputCounters::new(out.name(), queue);
-            c.hub = out.hub();
-            c.rtcp = out.rtcp();
-            if let Some(d) = out.demand() {
-                c.demand = d;
-            }
-            // Single-sink live outputs adapt from their own feedback (WebRTC hubs per peer).
-            let feedback = match (spec, live_rate(&cfg, &info)) {
-                (OutputSpec::Rtmp(_), Some(rate)) => {
-                    Some(SinkFeedback::new(SinkAdapter::new(rate), true))
-                }
-                (OutputSpec::Rtp(_), Some(rate)) => {
-                    Some(SinkFeedback::new(SinkAdapter::new(rate), false))
-                }
-                _ => None,
-            };
-            if let Some(f) = &feedback {
-                c.demand = f.demand();
-            }
-            if !audio_encoders.is_empty() {
-                c.audio = Some(spec.audio_codec());
-                c.queue.add_producer();
-            }
-            let c = Arc::new(c);
-            let (c2, kf, stop2) = (c.clone(), keyframe.clone(), stop.clone());
-            output_threads.push(spawn("castline-output", move || {
-                run_output(out, &c2, &kf, &stop2, feedback)
-            })?);
-            out_counters.push(c);
-        }
 
         // Video frame 0 and audio sample 0 are both at t0; the capture thread records where
         // video ended so audio ends there too.
         let t0 = clock.now_us();
         let end_us = Arc::new(AtomicI64::new(i64::MAX));
-        let (capture, encode_inputs) = match video {
+        let (capture, encoder) = match video {
             VideoPath::Encode(source, encoder) => {
-                let (raw, stop, counters, end) =
-                    (raw.clone(), stop.clone(), counters.clone(), end_us.clone());
-                let (fps, duration) = (cfg.fps, cfg.duration);
+                let (raw, sh, counters, end) = (
+                    raw.clone(),
+                    shared.clone(),
+                    counters.clone(),
+                    end_us.clone(),
+                );
                 let capture = spawn("castline-capture", move || {
                     let _end = EndGuard(end.clone(), t0);
-                    run_capture(
-                        source, clock, t0, fps, duration, &raw, &stop, &counters, &end,
-                    )
+                    run_capture(source, &sh, t0, &raw, &counters, &end)
                 })?;
                 (capture, Some(encoder))
             }
             VideoPath::PassThrough(ingest) => {
-                let (stop, counters, end, outs, kf) = (
-                    stop.clone(),
-                    counters.clone(),
-                    end_us.clone(),
-                    out_counters.clone(),
-                    keyframe.clone(),
-                );
-                let duration = cfg.duration;
+                let (sh, counters, end) = (shared.clone(), counters.clone(), end_us.clone());
                 let capture = spawn("castline-ingest", move || {
                     let _end = EndGuard(end.clone(), t0);
-                    run_ingest(ingest, t0, duration, &stop, &counters, &outs, &kf, &end)
+                    run_ingest(ingest, t0, &sh, &counters, &end)
                 })?;
                 (capture, None)
             }
@@ -360,56 +241,26 @@ impl Pipeline {
                 counters: ac.clone(),
                 inputs: audio_inputs.iter().map(|i| i.input.clone()).collect(),
             });
-            let outs = out_counters.clone();
-            let end = end_us.clone();
+            let (sh, end) = (shared.clone(), end_us.clone());
             Some(spawn("castline-audio", move || {
-                run_audio(audio_inputs, audio_encoders, clock, t0, &end, &ac, &outs)
+                run_audio(audio_inputs, audio_encoders, t0, &end, &ac, &sh)
             })?)
         };
         let adaptation = Arc::new(Mutex::new(AdaptationReport::default()));
-        let encode = match encode_inputs {
+        let encode = match encoder {
             Some(encoder) => {
-                let cadence = cfg.cadence();
-                match (&cfg.zero_hertz, &cadence) {
-                    (_, Some(c)) => tracing::info!(
-                        refresh_frames = c.refresh_frames,
-                        idle_fps = c.idle_fps,
-                        "zero_hertz_on"
-                    ),
-                    (Some(_), None) => tracing::info!(
-                        reason = "an output needs a constant frame rate (RTMP, or a recording without --vfr)",
-                        "zero_hertz_off"
-                    ),
-                    (None, None) => {}
-                }
-                let tiers = Tiers::new(
-                    encoder,
-                    cfg.encoder.clone(),
-                    cfg.adapt.clone(),
-                    cfg.fps,
-                    cadence,
-                    adaptation.clone(),
-                );
-                let (raw, keyframe, counters, outs, stop) = (
-                    raw.clone(),
-                    keyframe.clone(),
-                    counters.clone(),
-                    out_counters.clone(),
-                    stop.clone(),
-                );
+                let tiers = Tiers::new(encoder, &shared.cfg, adaptation.clone());
+                let (raw, counters, sh) = (raw.clone(), counters.clone(), shared.clone());
                 Some(spawn("castline-encode", move || {
-                    run_encode(tiers, &raw, &keyframe, &counters, &outs, &stop)
+                    run_encode(tiers, &raw, &counters, &sh)
                 })?)
             }
             None => None,
         };
         Ok(Self {
-            clock,
-            stop,
-            keyframe,
+            shared,
             counters,
             raw,
-            outputs: out_counters,
             sampler: Mutex::new(StatsSampler::new()),
             info,
             audio_stats,
@@ -417,7 +268,6 @@ impl Pipeline {
             capture,
             encode,
             audio,
-            output_threads,
             endpoints,
         })
     }
@@ -428,24 +278,32 @@ impl Pipeline {
         &self.endpoints
     }
 
+    /// The stream as it was opened (live changes — another source size — do not show here).
     pub fn stream_info(&self) -> &VideoStreamInfo {
         &self.info
     }
 
+    /// A handle that changes the running pipeline (source, outputs, bitrate, fps, mute).
+    pub fn control(&self) -> Control {
+        Control {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// Ask for a graceful stop: outputs are finalized, `wait` returns Ok.
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.shared.stop.store(true, Ordering::SeqCst);
     }
 
     /// A handle that can stop the pipeline from another thread (signal handlers, bindings).
     pub fn stop_handle(&self) -> Arc<AtomicBool> {
-        self.stop.clone()
+        self.shared.stop.clone()
     }
 
     /// Make the next encoded frame a keyframe (IDR).
     pub fn request_keyframe(&self) {
         tracing::info!(reason = "api", "keyframe_requested");
-        self.keyframe.store(true, Ordering::SeqCst);
+        self.shared.keyframe.store(true, Ordering::SeqCst);
     }
 
     /// True once every thread has ended.
@@ -453,12 +311,18 @@ impl Pipeline {
         self.capture.is_finished()
             && self.encode.as_ref().is_none_or(|e| e.is_finished())
             && self.audio.as_ref().is_none_or(|a| a.is_finished())
-            && self.output_threads.iter().all(|t| t.is_finished())
+            && self
+                .shared
+                .threads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .all(|(_, t)| t.is_finished())
     }
 
     /// Counters since the previous call.
     pub fn sample_stats(&self) -> StatsSnapshot {
-        let t = self.clock.now_us() as f64 / 1e6;
+        let t = self.shared.clock.now_us() as f64 / 1e6;
         self.sampler
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -466,7 +330,7 @@ impl Pipeline {
                 t,
                 &self.counters,
                 (self.raw.len(), self.raw.dropped()),
-                &self.outputs,
+                &self.shared.outputs.all(),
                 self.audio_stats.as_ref(),
                 &self.adaptation.lock().unwrap_or_else(|p| p.into_inner()),
             )
@@ -474,6 +338,7 @@ impl Pipeline {
 
     /// Wait for every thread and report. The first capture or encode error wins; output errors
     /// are reported per output in the summary (and fail the run when every output failed).
+    /// Outputs removed while running are not in it (`remove_output` returned theirs).
     pub fn wait(self) -> Result<RunSummary> {
         let join = |h: JoinHandle<std::result::Result<(), Error>>| {
             h.join()
@@ -482,10 +347,17 @@ impl Pipeline {
         let capture = join(self.capture);
         let encode = self.encode.map(join).unwrap_or(Ok(()));
         let audio = self.audio.map(join).unwrap_or(Ok(()));
-        let outputs: Vec<_> = self
-            .output_threads
+        let mut threads = std::mem::take(
+            &mut *self
+                .shared
+                .threads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        threads.sort_by_key(|(id, _)| *id);
+        let outputs: Vec<_> = threads
             .into_iter()
-            .map(|h| {
+            .map(|(_, h)| {
                 h.join().unwrap_or_else(|_| {
                     Err(crate::error::OutputError::Write {
                         path: Default::default(),
@@ -523,6 +395,183 @@ impl Pipeline {
     }
 }
 
+/// Stage 1 of the start: the video source and its encoder, or the ffmpeg child whose video is
+/// passed through.
+fn open_video(cfg: &PipelineConfig, clock: MediaClock) -> Result<VideoPath> {
+    if let SourceSpec::FfmpegProcess(args) = &cfg.source {
+        let ingest = FfmpegIngest::start(args, &cfg.encoder, cfg.fps, clock)?;
+        tracing::info!(
+            source = "ffmpeg process",
+            width = ingest.info.width,
+            height = ingest.info.height,
+            "capture_started"
+        );
+        return Ok(VideoPath::PassThrough(ingest));
+    }
+    let mut source_options = cfg.source_options.clone();
+    if let Some(size) = cfg.size {
+        source_options.testsrc_size = size;
+    }
+    let source = capture::open_source(&cfg.source, &source_options)?;
+    let (sw, sh) = source.size();
+    let (w, h) = cfg.size.unwrap_or_else(|| even_crop(sw, sh));
+    tracing::info!(
+        source = source.describe(),
+        width = w,
+        height = h,
+        fps = cfg.fps,
+        "capture_started"
+    );
+    let encoder = encode::open_video_encoder(&cfg.encoder, w, h, cfg.fps)?;
+    Ok(VideoPath::Encode(source, encoder))
+}
+
+type AudioParts = (Vec<PulseInput>, Vec<Box<dyn AudioEncoder>>);
+
+/// Stage 2: audio sources (an unknown device fails the start) and one encoder per codec the
+/// outputs take.
+fn open_audio(cfg: &PipelineConfig, clock: MediaClock) -> Result<AudioParts> {
+    let mut inputs = Vec::new();
+    let mut encoders: Vec<Box<dyn AudioEncoder>> = Vec::new();
+    if cfg.audio.sources.is_empty() {
+        return Ok((inputs, encoders));
+    }
+    for spec in &cfg.audio.sources {
+        let gain = match spec {
+            AudioSourceSpec::Mic(_) => cfg.audio.mic_gain,
+            _ => 1.0,
+        };
+        inputs.push(PulseInput::open(spec, gain, clock)?);
+    }
+    for spec in &cfg.outputs {
+        let c = spec.audio_codec();
+        if encoders.iter().all(|e| e.info().codec != c) {
+            encoders.push(encode::open_audio_encoder(c, cfg.audio.bitrate)?);
+        }
+    }
+    Ok((inputs, encoders))
+}
+
+/// Stage 3: open every configured output (a failure closes the ones already open, so no empty
+/// file remains), then give each its thread. Returns the outputs' endpoints.
+fn start_outputs(sh: &Arc<Shared>, info: &VideoStreamInfo) -> Result<Vec<String>> {
+    let audio_info = sh
+        .audio_info
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let mut opened: Vec<(&OutputSpec, Box<dyn Output>)> = Vec::new();
+    for spec in &sh.cfg.outputs {
+        let media = MediaInfo {
+            video: info.clone(),
+            audio: audio_info.get(&spec.audio_codec()).cloned(),
+        };
+        match open_one_output(sh, spec, &media) {
+            Ok(o) => opened.push((spec, o)),
+            Err(e) => {
+                for (_, o) in opened {
+                    let _ = o.finish(false);
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    let mut endpoints = Vec::new();
+    for (spec, out) in opened {
+        if let Some(e) = out.endpoint() {
+            endpoints.push(e);
+        }
+        let id = sh.next_id.fetch_add(1, Ordering::SeqCst);
+        let (mut c, feedback) = output_counters(sh, id, spec, out.as_ref());
+        if sh.has_audio {
+            c.audio = Some(spec.audio_codec());
+            c.queue.add_producer();
+        }
+        let c = Arc::new(c);
+        let thread = spawn_output(sh, out, c.clone(), feedback, true)?;
+        sh.threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id, thread));
+        sh.outputs.push_initial(c);
+    }
+    Ok(endpoints)
+}
+
+pub(crate) fn open_one_output(
+    sh: &Shared,
+    spec: &OutputSpec,
+    media: &MediaInfo,
+) -> std::result::Result<Box<dyn Output>, crate::error::OutputError> {
+    let live = output::LiveOptions {
+        rtmp: &sh.cfg.rtmp,
+        adapt: &sh.cfg.adapt,
+    };
+    output::open_output(spec, media, sh.clock, &live, sh.keyframe.clone())
+}
+
+/// The counters (and queue) of one output, and the feedback loop of a single-sink live output.
+pub(crate) fn output_counters(
+    sh: &Shared,
+    id: OutputId,
+    spec: &OutputSpec,
+    out: &dyn Output,
+) -> (OutputCounters, Option<SinkFeedback>) {
+    let cfg = &sh.cfg;
+    let queue = match spec {
+        OutputSpec::Mp4(_) => PacketQueue::new(cfg.file_queue_packets, cfg.file_queue_duration),
+        OutputSpec::Rtmp(_) => PacketQueue::new(cfg.rtmp.buffer_packets, cfg.rtmp.buffer),
+        // Live to people: a short queue; late video is worse than a skipped frame.
+        OutputSpec::Serve(_)
+        | OutputSpec::Whip { .. }
+        | OutputSpec::Rtp(_)
+        | OutputSpec::LiveKit(_) => PacketQueue::new(60, Duration::from_millis(500)),
+    };
+    let mut c = OutputCounters::new(out.name(), queue);
+    c.id = id;
+    c.hub = out.hub();
+    c.rtcp = out.rtcp();
+    if let Some(d) = out.demand() {
+        c.demand = d;
+    }
+    if let OutputSpec::Mp4(p) = spec {
+        c.path = Some(p.clone());
+    }
+    // Recordings and RTMP keep one size and (unless --vfr) a constant rate.
+    c.fixed_size = matches!(spec, OutputSpec::Mp4(_) | OutputSpec::Rtmp(_));
+    c.vfr = match spec {
+        OutputSpec::Mp4(_) => cfg.vfr_recordings,
+        OutputSpec::Rtmp(_) => false,
+        _ => true,
+    };
+    // Single-sink live outputs adapt from their own feedback (WebRTC hubs per peer).
+    let feedback = match (spec, live_rate(cfg)) {
+        (OutputSpec::Rtmp(_), Some(rate)) => Some(SinkFeedback::new(SinkAdapter::new(rate), true)),
+        (OutputSpec::Rtp(_), Some(rate)) => Some(SinkFeedback::new(SinkAdapter::new(rate), false)),
+        _ => None,
+    };
+    if let Some(f) = &feedback {
+        c.demand = f.demand();
+    }
+    (c, feedback)
+}
+
+/// The output's thread. `stop_if_never_started`: a configured output that fails before its
+/// first session stops the run (it never really started); an output added later does not.
+pub(crate) fn spawn_output(
+    sh: &Arc<Shared>,
+    out: Box<dyn Output>,
+    c: Arc<OutputCounters>,
+    feedback: Option<SinkFeedback>,
+    stop_if_never_started: bool,
+) -> Result<control::OutputThread> {
+    let (kf, stop) = (sh.keyframe.clone(), sh.stop.clone());
+    spawn("castline-output", move || {
+        let stop = stop_if_never_started.then_some(&*stop);
+        run_output(out, &c, &kf, stop, feedback)
+    })
+}
+
 fn spawn<T: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> T + Send + 'static,
@@ -539,30 +588,92 @@ enum VideoPath {
     PassThrough(FfmpegIngest),
 }
 
+/// The encode (or ingest) thread's copy of the output set, with each output's tier route.
+#[derive(Default)]
+struct Fanout {
+    seen: u64,
+    outputs: Vec<Arc<OutputCounters>>,
+    routes: Vec<TierSwitch>,
+}
+
+impl Fanout {
+    /// Re-read the set when it changed; routes stay with their outputs, an added one joins at
+    /// its tier's next keyframe. True when it changed.
+    fn refresh(&mut self, set: &OutputSet) -> bool {
+        let Some(now) = set.changed_since(&mut self.seen) else {
+            return false;
+        };
+        let mut old: HashMap<OutputId, TierSwitch> = self
+            .outputs
+            .iter()
+            .map(|o| o.id)
+            .zip(self.routes.iter().copied())
+            .collect();
+        self.routes = now
+            .iter()
+            .map(|o| {
+                old.remove(&o.id).unwrap_or_else(|| {
+                    if o.awaiting_video.load(Ordering::SeqCst) {
+                        TierSwitch::joining()
+                    } else {
+                        TierSwitch::default()
+                    }
+                })
+            })
+            .collect();
+        self.outputs = now;
+        true
+    }
+
+    fn all_failed(&self) -> bool {
+        self.outputs
+            .iter()
+            .all(|o| o.failed.load(Ordering::Relaxed))
+    }
+
+    /// Which kinds of output are running now.
+    fn mix(&self) -> OutputMix {
+        let mut mix = OutputMix::default();
+        for o in self
+            .outputs
+            .iter()
+            .filter(|o| !o.failed.load(Ordering::Relaxed))
+        {
+            if o.fixed_size {
+                mix.fixed = true;
+            } else {
+                mix.live = true;
+            }
+        }
+        mix
+    }
+}
+
 /// Pass-through video: access units from the ffmpeg child go to the outputs as they are,
 /// stamped with their arrival time on the pipeline clock. Keyframe requests cannot be honoured
 /// (the child's GOP is fixed by --keyint); they are counted and logged once.
-#[allow(clippy::too_many_arguments)]
 fn run_ingest(
     ingest: FfmpegIngest,
     t0: i64,
-    duration: Option<Duration>,
-    stop: &AtomicBool,
+    sh: &Shared,
     counters: &PipelineCounters,
-    outputs: &[Arc<OutputCounters>],
-    keyframe: &AtomicBool,
     ended_at: &AtomicI64,
 ) -> Result<()> {
-    let end_us = duration.map(|d| t0 + d.as_micros() as i64);
+    let end_us = sh.cfg.duration.map(|d| t0 + d.as_micros() as i64);
     let frame_us = 1_000_000 / ingest.info.fps.max(1) as i64;
     let mut last_pts = i64::MIN;
     let mut packets = Vec::with_capacity(1);
     let mut first = Some(ingest.first.clone());
     let mut warned_keyframe = false;
-    // Passed-through video has one tier: every output stays on it.
-    let mut routes = vec![TierSwitch::default(); outputs.len()];
+    // Passed-through video has one tier: every output takes it (an added one from a keyframe).
+    let mut fan = Fanout::default();
     let mut result = Ok(());
-    while !stop.load(Ordering::SeqCst) {
+    while !sh.stop.load(Ordering::SeqCst) {
+        if fan.refresh(&sh.outputs) {
+            for r in &mut fan.routes {
+                r.want(tier::MAIN);
+            }
+        }
         let au = match first.take() {
             Some(au) => au,
             None => match ingest.recv_timeout(Duration::from_millis(200)) {
@@ -574,7 +685,7 @@ fn run_ingest(
         if end_us.is_some_and(|e| au.arrival_us >= e) {
             break;
         }
-        if keyframe.swap(false, Ordering::SeqCst) && !warned_keyframe {
+        if sh.keyframe.swap(false, Ordering::SeqCst) && !warned_keyframe {
             warned_keyframe = true;
             tracing::warn!(
                 "keyframe request not honoured: an ffmpeg source keeps its own GOP (--keyint)"
@@ -597,9 +708,9 @@ fn run_ingest(
             media: encode::MediaKind::Video,
             layer: 0,
         });
-        fan_out(&mut packets, counters, outputs, &mut routes, keyframe);
-        if outputs.iter().all(|o| o.failed.load(Ordering::Relaxed)) {
-            stop.store(true, Ordering::SeqCst);
+        fan_out(&mut packets, counters, &mut fan, &sh.keyframe);
+        if fan.all_failed() {
+            sh.stop.store(true, Ordering::SeqCst);
         }
     }
     if let Err(e) = ingest.finish() {
@@ -614,9 +725,7 @@ fn run_ingest(
         },
         Ordering::SeqCst,
     );
-    for o in outputs {
-        o.queue.close();
-    }
+    sh.outputs.close_video();
     result
 }
 
@@ -634,26 +743,24 @@ impl Drop for EndGuard {
 
 /// Tick at a constant rate; grab when the source has something new, otherwise repeat the last
 /// picture. Frame `n` is stamped `t0 + n / fps` on the pipeline clock, so the output is exactly
-/// CFR. On exit, `ended_at` is set to the time just after the last frame.
-#[allow(clippy::too_many_arguments)]
+/// CFR. A source opened by `Control::set_source` replaces the current one at the next tick. On
+/// exit, `ended_at` is set to the time just after the last frame.
 fn run_capture(
     mut source: Box<dyn VideoSource>,
-    clock: MediaClock,
+    sh: &Shared,
     t0: i64,
-    fps: u32,
-    duration: Option<Duration>,
     raw: &FrameQueue<VideoFrame>,
-    stop: &AtomicBool,
     counters: &PipelineCounters,
     ended_at: &AtomicI64,
 ) -> Result<()> {
+    let (clock, fps) = (sh.clock, sh.cfg.fps);
     let pts_of = |tick: u64| t0 + (tick as u128 * 1_000_000 / fps as u128) as i64;
-    let end_us = duration.map(|d| d.as_micros() as i64);
+    let end_us = sh.cfg.duration.map(|d| d.as_micros() as i64);
     let mut tick = 0u64;
     let mut last: Option<VideoFrame> = None;
     let mut content_id = 0u64;
     let result = loop {
-        if stop.load(Ordering::SeqCst) {
+        if sh.stop.load(Ordering::SeqCst) {
             break Ok(());
         }
         let pts = pts_of(tick);
@@ -664,6 +771,22 @@ fn run_capture(
         let now = Instant::now();
         if due > now {
             std::thread::sleep(due - now);
+        }
+        if let Some(next) = sh
+            .next_source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let (w, h) = next.size();
+            tracing::info!(
+                from = source.describe(),
+                source = next.describe(),
+                width = w,
+                height = h,
+                "source_changed"
+            );
+            source = next;
         }
         let at = CaptureTime {
             pts_us: pts,
@@ -711,18 +834,18 @@ fn run_capture(
 }
 
 /// The audio clock master: every mixer frame is due at a fixed time after t0, whatever the
-/// sources deliver; each frame is mixed, encoded by every audio encoder and fanned out to the
-/// outputs taking that codec. Ends at the video's end (`end_us`), flushes, closes its side of
-/// the output queues, then stops the sources.
+/// sources deliver; each frame is mixed (silence while muted), encoded by every audio encoder
+/// and fanned out to the outputs taking that codec. Ends at the video's end (`end_us`),
+/// flushes, closes its side of the output queues, then stops the sources.
 fn run_audio(
     inputs: Vec<PulseInput>,
     mut encoders: Vec<Box<dyn AudioEncoder>>,
-    clock: MediaClock,
     t0: i64,
     end_us: &AtomicI64,
     counters: &AudioCounters,
-    outputs: &[Arc<OutputCounters>],
+    sh: &Shared,
 ) -> Result<()> {
+    let clock = sh.clock;
     let mut mixer = Mixer::new(inputs.iter().map(|i| i.input.clone()).collect());
     // AAC's 1024 when an output takes AAC, else Opus's 960; other encoders re-cut.
     let n = encoders
@@ -732,6 +855,8 @@ fn run_audio(
     let base = mix::us_to_sample(t0);
     let mut buf = vec![0f32; n as usize * mix::CHANNELS];
     let mut packets = Vec::new();
+    let mut seen = 0;
+    let mut outputs = Vec::new();
     let result = (|| -> Result<()> {
         let mut k = 0i64;
         loop {
@@ -756,12 +881,24 @@ fn run_audio(
             if done {
                 break;
             }
+            if let Some(now) = sh.outputs.changed_since(&mut seen) {
+                outputs = now;
+                encoders.append(
+                    &mut sh
+                        .new_audio_encoders
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()),
+                );
+            }
             if mixer.mix(start, &mut buf) {
                 counters.clipped_frames.fetch_add(1, Ordering::Relaxed);
             }
+            if sh.live.audio_muted.load(Ordering::Relaxed) {
+                buf.fill(0.0);
+            }
             for enc in encoders.iter_mut() {
                 enc.encode(start, &buf, &mut packets)?;
-                fan_out_audio(enc.info().codec, &mut packets, counters, outputs);
+                fan_out_audio(enc.info().codec, &mut packets, counters, &outputs);
             }
             counters.frames_mixed.fetch_add(1, Ordering::Relaxed);
             counters
@@ -771,21 +908,20 @@ fn run_audio(
         }
         for enc in encoders.iter_mut() {
             enc.flush(&mut packets)?;
-            fan_out_audio(enc.info().codec, &mut packets, counters, outputs);
+            fan_out_audio(enc.info().codec, &mut packets, counters, &outputs);
         }
         Ok(())
     })();
     if let Err(e) = &result {
         tracing::error!(error = %e, "audio_failed");
     }
-    for o in outputs {
-        o.queue.close();
-    }
+    sh.outputs.close_audio();
     drop(inputs);
     result
 }
 
-/// Audio packets go to every output taking their codec; queues never drop them.
+/// Audio packets go to every output taking their codec (an added output once its video has
+/// begun); queues never drop them.
 fn fan_out_audio(
     codec: AudioCodec,
     packets: &mut Vec<EncodedPacket>,
@@ -799,27 +935,27 @@ fn fan_out_audio(
             .fetch_add(p.data.len() as u64, Ordering::Relaxed);
         let p = Arc::new(p);
         for o in outputs {
-            if o.audio == Some(codec) && !o.failed.load(Ordering::Relaxed) {
+            if o.audio == Some(codec)
+                && !o.failed.load(Ordering::Relaxed)
+                && !o.awaiting_video.load(Ordering::Relaxed)
+            {
                 o.queue.push(p.clone());
             }
         }
     }
 }
 
-/// Per frame: read what outputs ask for, route each output to its tier, encode on every tier
-/// that needs the frame, fan out. Once a second: CPU pressure and the adaptation report.
-#[allow(clippy::too_many_arguments)]
+/// Per frame: pick up output changes, read what outputs ask for, fit the tiers' sizes, route
+/// each output to its tier, encode on every tier that needs the frame, fan out. Once a second:
+/// CPU pressure and the adaptation report.
 fn run_encode(
     mut tiers: Tiers,
     raw: &FrameQueue<VideoFrame>,
-    keyframe: &AtomicBool,
     counters: &PipelineCounters,
-    outputs: &[Arc<OutputCounters>],
-    stop: &AtomicBool,
+    sh: &Shared,
 ) -> Result<()> {
     let mut packets: Vec<EncodedPacket> = Vec::with_capacity(4);
-    let mut routes = vec![TierSwitch::default(); outputs.len()];
-    let demands: Vec<&TierDemand> = outputs.iter().map(|o| o.demand.as_ref()).collect();
+    let mut fan = Fanout::default();
     let mut first = true;
     // The last frame captured: a zero-hertz run that ends still encodes it (exact duration).
     let mut last = None;
@@ -830,14 +966,31 @@ fn run_encode(
                 Pop::Empty => continue,
                 Pop::Closed => break,
             };
+            if fan.refresh(&sh.outputs) {
+                tiers.set_zero_hertz(fan.outputs.iter().all(|o| o.vfr));
+            }
             last = Some(frame.clone());
             let t0 = Instant::now();
-            tiers.plan(t0, &demands)?;
-            let main_needed = route_outputs(outputs, &mut routes, &mut tiers);
-            if keyframe.swap(false, Ordering::SeqCst) {
+            tiers.set_limits(
+                sh.live.bitrate.load(Ordering::Relaxed),
+                sh.live.max_fps.load(Ordering::Relaxed),
+            );
+            {
+                let demands: Vec<&TierDemand> =
+                    fan.outputs.iter().map(|o| o.demand.as_ref()).collect();
+                tiers.plan(t0, &demands)?;
+            }
+            let picture = (frame.picture.width, frame.picture.height);
+            if tiers.fit_sizes(picture, fan.mix())? {
+                let (main, record) = tiers.streams();
+                *sh.streams.lock().unwrap_or_else(|p| p.into_inner()) =
+                    StreamInfos { main, record };
+            }
+            let (main_needed, record_needed) = route_outputs(&mut fan, &mut tiers);
+            if sh.keyframe.swap(false, Ordering::SeqCst) {
                 tiers.request_keyframe(None);
             }
-            tiers.encode(&frame, main_needed, &mut packets)?;
+            tiers.encode(&frame, main_needed, record_needed, &mut packets)?;
             let us = t0.elapsed().as_micros().min(u32::MAX as u128) as u32;
             if !packets.is_empty() {
                 counters
@@ -851,42 +1004,36 @@ fn run_encode(
                 first = false;
                 tracing::info!(encode_ms = us as f64 / 1000.0, "first_frame_encoded");
             }
-            fan_out(&mut packets, counters, outputs, &mut routes, keyframe);
+            fan_out(&mut packets, counters, &mut fan, &sh.keyframe);
             if let Some(main_bps) = tiers.tick(Instant::now(), raw.dropped()) {
-                for o in outputs {
+                for o in &fan.outputs {
                     o.demand.set_main_rate(main_bps);
                 }
             }
-            if outputs.iter().all(|o| o.failed.load(Ordering::Relaxed)) {
-                stop.store(true, Ordering::SeqCst);
+            if fan.all_failed() {
+                sh.stop.store(true, Ordering::SeqCst);
             }
         }
         tiers.flush(last.as_ref(), &mut packets)?;
-        fan_out(&mut packets, counters, outputs, &mut routes, keyframe);
+        fan_out(&mut packets, counters, &mut fan, &sh.keyframe);
         Ok(())
     })();
     if let Err(e) = &result {
         tracing::error!(error = %e, "fatal");
         // Let capture stop too; outputs still finalize what they have.
-        stop.store(true, Ordering::SeqCst);
+        sh.stop.store(true, Ordering::SeqCst);
         raw.close();
     }
-    for o in outputs {
-        o.queue.close();
-    }
+    sh.outputs.close_video();
     result
 }
 
 /// Point every single-sink output at the tier it asks for (switching at that tier's next
 /// keyframe, which is requested here); WebRTC hubs route per peer themselves. Returns whether
-/// any output needs the main tier.
-fn route_outputs(
-    outputs: &[Arc<OutputCounters>],
-    routes: &mut [TierSwitch],
-    tiers: &mut Tiers,
-) -> bool {
-    let mut main_needed = false;
-    for (o, route) in outputs.iter().zip(routes.iter_mut()) {
+/// any output needs the main tier, and whether any still takes the recording tier.
+fn route_outputs(fan: &mut Fanout, tiers: &mut Tiers) -> (bool, bool) {
+    let (mut main_needed, mut record_needed) = (false, false);
+    for (o, route) in fan.outputs.iter().zip(fan.routes.iter_mut()) {
         if o.failed.load(Ordering::Relaxed) {
             continue;
         }
@@ -894,7 +1041,9 @@ fn route_outputs(
             main_needed |= o.demand.main_sinks() > 0;
             continue;
         }
-        let want = if o.demand.main_sinks() == 0 && o.demand.low().is_some() {
+        let want = if o.fixed_size && tiers.record_wanted() {
+            tier::RECORD
+        } else if o.demand.main_sinks() == 0 && o.demand.low().is_some() {
             tier::LOW
         } else {
             tier::MAIN
@@ -903,8 +1052,9 @@ fn route_outputs(
             tiers.request_keyframe(Some(want));
         }
         main_needed |= route.needs(tier::MAIN);
+        record_needed |= route.needs(tier::RECORD);
     }
-    main_needed
+    (main_needed, record_needed)
 }
 
 /// One encode feeds every output: packets are shared, not copied. Video goes to an output only
@@ -912,8 +1062,7 @@ fn route_outputs(
 fn fan_out(
     packets: &mut Vec<EncodedPacket>,
     counters: &PipelineCounters,
-    outputs: &[Arc<OutputCounters>],
-    routes: &mut [TierSwitch],
+    fan: &mut Fanout,
     keyframe: &AtomicBool,
 ) {
     for p in packets.drain(..) {
@@ -924,13 +1073,17 @@ fn fan_out(
             counters.keyframes.fetch_add(1, Ordering::Relaxed);
         }
         let p = Arc::new(p);
-        for (o, route) in outputs.iter().zip(routes.iter_mut()) {
+        for (o, route) in fan.outputs.iter().zip(fan.routes.iter_mut()) {
             if o.failed.load(Ordering::Relaxed) {
                 continue;
             }
             if o.hub.is_none() && !route.accept(p.layer, p.keyframe) {
                 continue;
             }
+            if o.hub.is_some() && p.layer == tier::RECORD {
+                continue;
+            }
+            o.awaiting_video.store(false, Ordering::Relaxed);
             match o.queue.push(p.clone()) {
                 PushOutcome::Dropped {
                     want_keyframe: true,
@@ -949,19 +1102,21 @@ fn fan_out(
 
 /// The rate bounds of a single-sink live output, None with adaptation off or passed-through
 /// video (an ffmpeg source has one encode, whose rate castline does not control).
-fn live_rate(cfg: &PipelineConfig, info: &VideoStreamInfo) -> Option<crate::adapt::RateConfig> {
+fn live_rate(cfg: &PipelineConfig) -> Option<crate::adapt::RateConfig> {
     let encoded = !matches!(cfg.source, SourceSpec::FfmpegProcess(_));
     (cfg.adapt.enabled && encoded).then_some(crate::adapt::RateConfig {
         min_bps: cfg.adapt.min_bitrate,
-        max_bps: info.bitrate,
+        max_bps: cfg.encoder.bitrate,
     })
 }
 
+/// `stop`: the pipeline's stop flag, for an output whose failure before its first session
+/// means the run never really started (None for outputs added while running).
 fn run_output(
     mut out: Box<dyn Output>,
     c: &OutputCounters,
     keyframe: &AtomicBool,
-    stop: &AtomicBool,
+    stop: Option<&AtomicBool>,
     mut feedback: Option<SinkFeedback>,
 ) -> std::result::Result<OutputSummary, crate::error::OutputError> {
     let mut first = true;
@@ -996,7 +1151,7 @@ fn run_output(
                         tracing::error!(output = %c.name, error = %e, kind = e.kind(), class = ?e.class(), "output_failed");
                         *c.error.lock().unwrap_or_else(|p| p.into_inner()) = Some((&e).into());
                         c.failed.store(true, Ordering::SeqCst);
-                        if !out.started() {
+                        if let Some(stop) = stop.filter(|_| !out.started()) {
                             // Same as failing to open: the run never really started.
                             stop.store(true, Ordering::SeqCst);
                         }

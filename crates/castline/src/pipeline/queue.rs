@@ -243,6 +243,12 @@ impl PacketQueue {
         self.inner.pop_timeout(timeout)
     }
 
+    /// The consumer is to finish now, whoever still produces (an output removed while running):
+    /// it drains what is queued, then sees `Closed`.
+    pub fn end(&self) {
+        self.inner.close()
+    }
+
     /// A producer is done; the consumer sees `Closed` once every producer is.
     pub fn close(&self) {
         if self.producers.fetch_sub(1, Ordering::SeqCst) <= 1 {

@@ -62,7 +62,17 @@ pub struct AudioStats {
 }
 
 pub struct OutputCounters {
+    /// The output's id in its pipeline (see `Control`).
+    pub id: u64,
     pub name: String,
+    /// Recordings: the file (one session writes a file once at a time).
+    pub path: Option<std::path::PathBuf>,
+    /// Keeps the size it started with (recordings, RTMP); others follow the source's size.
+    pub fixed_size: bool,
+    /// Takes a variable frame rate (zero-hertz may apply).
+    pub vfr: bool,
+    /// Added while running and no video sent yet: audio waits too, so it starts on a keyframe.
+    pub awaiting_video: AtomicBool,
     /// Which audio encoder feeds this output (None when the run has no audio).
     pub audio: Option<AudioCodec>,
     pub bytes: AtomicU64,
@@ -85,7 +95,12 @@ pub struct OutputCounters {
 impl OutputCounters {
     pub fn new(name: String, queue: PacketQueue) -> Self {
         Self {
+            id: 0,
             name,
+            path: None,
+            fixed_size: false,
+            vfr: true,
+            awaiting_video: AtomicBool::new(false),
             audio: None,
             bytes: AtomicU64::new(0),
             packets: AtomicU64::new(0),
@@ -196,6 +211,8 @@ pub struct Drops {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct OutputSnapshot {
+    /// The id `Control::remove_output` takes (the configured outputs are 0, 1, …).
+    pub id: u64,
     pub name: String,
     pub state: OutputState,
     pub kbps: f64,
@@ -230,7 +247,8 @@ pub struct StatsSampler {
     last_changed: u64,
     last_encoded: u64,
     last_bytes: u64,
-    last_out_bytes: Vec<u64>,
+    /// (output id, bytes at the last sample).
+    last_out_bytes: Vec<(u64, u64)>,
     last_audio_bytes: u64,
 }
 
@@ -273,18 +291,26 @@ impl StatsSampler {
             .get((times.len() * 95 / 100).min(times.len().saturating_sub(1)))
             .map(|&t| t as f64 / 1000.0)
             .unwrap_or(0.0);
-        self.last_out_bytes.resize(outputs.len(), 0);
+        // Outputs come and go while running: the previous byte counts go by output id.
+        self.last_out_bytes
+            .retain(|(id, _)| outputs.iter().any(|o| o.id == *id));
         let outs = outputs
             .iter()
-            .zip(self.last_out_bytes.iter_mut())
-            .map(|(o, last)| {
+            .map(|o| {
                 let b = o.bytes.load(Ordering::Relaxed);
-                let kbps = (b - *last) as f64 * 8.0 / 1000.0 / dt;
-                *last = b;
+                let last = match self.last_out_bytes.iter_mut().find(|(id, _)| *id == o.id) {
+                    Some((_, last)) => std::mem::replace(last, b),
+                    None => {
+                        self.last_out_bytes.push((o.id, b));
+                        0
+                    }
+                };
+                let kbps = b.saturating_sub(last) as f64 * 8.0 / 1000.0 / dt;
                 let link = o.link.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 let (target, estimate) = o.demand.rates();
                 let kbps_of = |b: u64| round2(b as f64 / 1000.0);
                 OutputSnapshot {
+                    id: o.id,
                     name: o.name.clone(),
                     state: o.state(),
                     kbps: round2(kbps),

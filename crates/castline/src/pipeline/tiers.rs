@@ -1,6 +1,11 @@
 //! The encode stage's tiers: the main encode (configured size, rate and bitrate; recordings
-//! always take it) and, only while some live sink cannot take that, a lower one whose size,
+//! take it) and, only while some live sink cannot take that, a lower one whose size,
 //! frame rate and bitrate follow the lowest such sink's target through the ladder (`adapt`).
+//!
+//! Without a configured `size`, the main tier follows the source's size (another window, a
+//! resized one) while live outputs take it. Recordings and RTMP keep the size they started
+//! with: while the two differ, a recording tier encodes that size for them (the one case where
+//! a run pays two full encodes; it ends when the sizes agree again or the recordings end).
 //!
 //! Each tier converts the captured picture into its own encoder's planes (scaled when its size
 //! differs) and encodes only the frames its frame rate keeps. Under CPU pressure the main tier's
@@ -12,12 +17,14 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::adapt::ladder::Change;
-use crate::adapt::tier::{LOW, MAIN};
+use crate::adapt::tier::{LOW, MAIN, RECORD};
 use crate::adapt::{AdaptConfig, Ladder, LadderConfig, Level, Reason, TierDemand};
 use crate::cadence::{Cadence, CadenceConfig, Decision};
 use crate::capture::VideoFrame;
 use crate::convert::Converter;
-use crate::encode::{self, EncodedPacket, EncoderKind, EncoderSettings, VideoEncoder};
+use crate::encode::{
+    self, EncodedPacket, EncoderKind, EncoderSettings, VideoEncoder, VideoStreamInfo,
+};
 use crate::error::Result;
 
 /// The low tier's VBV: a keyframe at most ~0.3 s of its bitrate, so it fits the queue of the
@@ -174,19 +181,45 @@ impl Tier {
     }
 }
 
+/// Frames a new source size must last before the main tier follows it (a window being dragged
+/// to a new size reports many sizes; each reopen costs a keyframe).
+const FOLLOW_AFTER_FRAMES: u32 = 3;
+
+/// Which outputs the run has now (they come and go while it runs).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OutputMix {
+    /// Outputs that keep one size (recordings, RTMP).
+    pub fixed: bool,
+    /// Outputs that can follow the source's size (WebRTC, plain RTP).
+    pub live: bool,
+}
+
 /// Every tier of the encode stage, and the policy that starts, sizes and stops them.
 pub struct Tiers {
     adapt: AdaptConfig,
     settings: EncoderSettings,
     capture_fps: u32,
-    /// Zero-hertz settings when every output can take a variable frame rate.
+    /// The frame rate the API allows at most (`Control::set_fps`).
+    max_fps: u32,
+    /// Zero-hertz as configured, and as in effect (only while every output takes a variable
+    /// frame rate).
+    zero_hertz: Option<CadenceConfig>,
     cadence: Option<CadenceConfig>,
+    cadence_decided: bool,
+    /// The main tier follows the source's size while live outputs take it (no `--size`).
+    follow_source: bool,
+    pending_size: Option<((u32, u32), u32)>,
     main: Tier,
     main_ladder: Ladder,
     low: Option<Tier>,
     low_ladder: Ladder,
     low_target: Option<(u64, Reason)>,
     low_unused_since: Option<Instant>,
+    /// The size recordings keep; a tier of its own encodes it while the main tier follows a
+    /// source of another size.
+    record_size: (u32, u32),
+    record: Option<Tier>,
+    record_wanted: bool,
     busy_us: u64,
     /// Main-tier bytes in this window, and its rate over the last two windows.
     main_bytes: u64,
@@ -199,13 +232,12 @@ pub struct Tiers {
 impl Tiers {
     pub fn new(
         encoder: Box<dyn VideoEncoder>,
-        settings: EncoderSettings,
-        adapt: AdaptConfig,
-        capture_fps: u32,
-        cadence: Option<CadenceConfig>,
+        cfg: &crate::pipeline::PipelineConfig,
         report: Arc<Mutex<AdaptationReport>>,
     ) -> Self {
         let (w, h) = (encoder.info().width, encoder.info().height);
+        let adapt = cfg.adapt.clone();
+        let capture_fps = cfg.fps;
         let ladder = |allow_resize| {
             Ladder::new(LadderConfig {
                 width: w,
@@ -219,16 +251,24 @@ impl Tiers {
         let main_ladder = ladder(false);
         let low_ladder = ladder(true);
         let tiers = Self {
-            main: Tier::new(MAIN, encoder, capture_fps, cadence),
-            cadence,
+            main: Tier::new(MAIN, encoder, capture_fps, None),
+            zero_hertz: cfg.zero_hertz,
+            cadence: None,
+            cadence_decided: false,
+            follow_source: cfg.size.is_none(),
+            pending_size: None,
             main_ladder,
             low: None,
             low_ladder,
             low_target: None,
             low_unused_since: None,
+            record_size: (w, h),
+            record: None,
+            record_wanted: false,
+            settings: cfg.encoder.clone(),
             adapt,
-            settings,
             capture_fps,
+            max_fps: capture_fps,
             busy_us: 0,
             main_bytes: 0,
             main_rates: [0; 2],
@@ -240,8 +280,58 @@ impl Tiers {
         tiers
     }
 
-    pub fn main_encoder(&self) -> &dyn VideoEncoder {
-        self.main.encoder.as_ref()
+    /// The bitrate and highest frame rate the API set (checked against its bounds there).
+    pub fn set_limits(&mut self, bitrate: u64, max_fps: u32) {
+        self.settings.bitrate = bitrate;
+        self.max_fps = max_fps.clamp(1, self.capture_fps);
+    }
+
+    /// Zero-hertz is on only while every output takes a variable frame rate: one encode feeds
+    /// every output, and a constant-rate output (RTMP, a recording without `vfr_recordings`)
+    /// needs every frame — what a second, zero-hertz encode would save is less than it costs.
+    pub fn set_zero_hertz(&mut self, all_outputs_vfr: bool) {
+        let want = self.zero_hertz.filter(|_| all_outputs_vfr);
+        if self.cadence_decided && want.is_some() == self.cadence.is_some() {
+            return;
+        }
+        self.cadence_decided = true;
+        self.cadence = want;
+        for t in [
+            Some(&mut self.main),
+            self.low.as_mut(),
+            self.record.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            t.cadence = want.map(Cadence::new);
+        }
+        match (&self.zero_hertz, &want) {
+            (_, Some(c)) => tracing::info!(
+                refresh_frames = c.refresh_frames,
+                idle_fps = c.idle_fps,
+                "zero_hertz_on"
+            ),
+            (Some(_), None) => tracing::info!(
+                reason =
+                    "an output needs a constant frame rate (RTMP, or a recording without --vfr)",
+                "zero_hertz_off"
+            ),
+            (None, None) => {}
+        }
+    }
+
+    /// The parameters of the main tier's stream and, while it exists, the recording tier's.
+    pub fn streams(&self) -> (VideoStreamInfo, Option<VideoStreamInfo>) {
+        (
+            self.main.encoder.info().clone(),
+            self.record.as_ref().map(|t| t.encoder.info().clone()),
+        )
+    }
+
+    /// Whether recordings take their own tier now (the main one follows another size).
+    pub fn record_wanted(&self) -> bool {
+        self.record_wanted
     }
 
     /// Ask every tier for a keyframe at its next frame.
@@ -254,6 +344,99 @@ impl Tiers {
                 low.keyframe_pending = true;
             }
         }
+        if let Some(rec) = &mut self.record {
+            if layer.is_none_or(|l| l == RECORD) {
+                rec.keyframe_pending = true;
+            }
+        }
+    }
+
+    /// Sizes before anything else: the main tier follows the captured picture's size while live
+    /// outputs take it (a new keyframe with new parameter sets); recordings keep the size they
+    /// started with, on a tier of their own while the sizes differ. Returns whether a stream's
+    /// parameters changed (outputs opened from now on must be told).
+    pub fn fit_sizes(&mut self, picture: (u32, u32), mix: OutputMix) -> Result<bool> {
+        if !mix.fixed {
+            self.record_size = self.main.size();
+        }
+        let want = if self.follow_source && mix.live {
+            crate::convert::even_crop(picture.0, picture.1)
+        } else {
+            self.record_size
+        };
+        let mut changed = false;
+        if want == self.main.size() {
+            self.pending_size = None;
+        } else {
+            let seen = match self.pending_size {
+                Some((s, n)) if s == want => n + 1,
+                _ => 1,
+            };
+            self.pending_size = Some((want, seen));
+            if seen >= FOLLOW_AFTER_FRAMES {
+                self.reopen_main(want)?;
+                self.pending_size = None;
+                changed = true;
+            }
+        }
+        self.record_wanted = mix.fixed && self.main.size() != self.record_size;
+        if self.record_wanted && self.record.is_none() {
+            let (w, h) = self.record_size;
+            let enc = encode::open_video_encoder(
+                &self.tier_settings(self.settings.bitrate, self.settings.vbv_s),
+                w,
+                h,
+                self.capture_fps,
+            )?;
+            tracing::info!(tier = "record", width = w, height = h, "tier_started");
+            self.record = Some(Tier::new(RECORD, enc, self.capture_fps, self.cadence));
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// Settings of a tier opened while running: the encoder the main tier resolved to, with
+    /// parameter sets in-band (its stream's differ from the ones the outputs were opened with).
+    fn tier_settings(&self, bitrate: u64, vbv_s: f64) -> EncoderSettings {
+        EncoderSettings {
+            kind: match self.main.encoder.info().encoder_name.as_str() {
+                "libx264" => EncoderKind::X264,
+                _ => self.settings.kind,
+            },
+            bitrate,
+            inband_headers: true,
+            vbv_s,
+            ..self.settings.clone()
+        }
+    }
+
+    fn reopen_main(&mut self, (w, h): (u32, u32)) -> Result<()> {
+        let enc = encode::open_video_encoder(
+            &self.tier_settings(self.settings.bitrate, self.settings.vbv_s),
+            w,
+            h,
+            self.capture_fps,
+        )?;
+        let from = self.main.size();
+        tracing::info!(
+            tier = "main",
+            from_width = from.0,
+            from_height = from.1,
+            width = w,
+            height = h,
+            "tier_resized"
+        );
+        self.main = Tier::new(MAIN, enc, self.capture_fps, self.cadence);
+        self.main_ladder = Ladder::new(LadderConfig {
+            allow_resize: false,
+            ..self.low_ladder_config()
+        });
+        // The low tier is sized from the main one: it starts again from the new size.
+        if self.low.take().is_some() {
+            tracing::info!(tier = "low", "tier_stopped");
+        }
+        self.low_ladder = Ladder::new(self.low_ladder_config());
+        Ok(())
     }
 
     /// Read what the outputs ask for and start, resize, re-rate or stop the low tier.
@@ -304,21 +487,12 @@ impl Tiers {
     /// with new parameter sets), or re-rated in place.
     fn fit_low_tier(&mut self, bps: u64) -> Result<()> {
         let level = self.low_ladder.level();
-        let fps = level.fps.min(self.main_ladder.level().fps);
+        let fps = level.fps.min(self.main_fps());
         let size = (level.width, level.height);
         match &mut self.low {
             Some(t) if t.size() == size => t.set_rate(fps, bps),
             _ => {
-                let settings = EncoderSettings {
-                    kind: match self.main.encoder.info().encoder_name.as_str() {
-                        "libx264" => EncoderKind::X264,
-                        _ => self.settings.kind,
-                    },
-                    bitrate: bps,
-                    inband_headers: true,
-                    vbv_s: LOW_TIER_VBV_S,
-                    ..self.settings.clone()
-                };
+                let settings = self.tier_settings(bps, LOW_TIER_VBV_S);
                 let enc = encode::open_video_encoder(&settings, size.0, size.1, fps)?;
                 tracing::info!(
                     tier = "low",
@@ -336,18 +510,25 @@ impl Tiers {
         Ok(())
     }
 
-    /// Encode `frame` on every tier that needs it and keeps it; packets are tagged with their tier.
+    /// The main tier's frame rate: the ladder's (CPU pressure), at most what the API allows.
+    fn main_fps(&self) -> u32 {
+        self.main_ladder.level().fps.min(self.max_fps)
+    }
+
+    /// Encode `frame` on every tier that needs it and keeps it; packets are tagged with their
+    /// tier. `record_needed`: some recording still takes the recording tier.
     pub fn encode(
         &mut self,
         frame: &VideoFrame,
         main_needed: bool,
+        record_needed: bool,
         out: &mut Vec<EncodedPacket>,
     ) -> Result<()> {
         let t0 = Instant::now();
         let capture_us = 1_000_000 / self.capture_fps.max(1) as i64;
         // The main tier runs unless every sink is on the low tier.
         let main_needed = main_needed || self.low.is_none();
-        let main_fps = self.main_ladder.level().fps;
+        let main_fps = self.main_fps();
         self.main.set_rate(main_fps, self.settings.bitrate);
         if main_needed {
             let start = out.len();
@@ -362,6 +543,13 @@ impl Tiers {
         }
         if let Some(low) = &mut self.low {
             low.offer(frame, capture_us, out)?;
+        }
+        if !record_needed && !self.record_wanted && self.record.take().is_some() {
+            tracing::info!(tier = "record", "tier_stopped");
+        }
+        if let Some(rec) = &mut self.record {
+            rec.set_rate(main_fps, self.settings.bitrate);
+            rec.offer(frame, capture_us, out)?;
         }
         self.busy_us += t0.elapsed().as_micros() as u64;
         Ok(())
@@ -402,7 +590,7 @@ impl Tiers {
         let info = self.main.encoder.info();
         let report = AdaptationReport {
             level: m.level,
-            fps: m.fps,
+            fps: m.fps.min(self.max_fps),
             width: info.width,
             height: info.height,
             reason: self.main_ladder.reason(),
@@ -432,12 +620,21 @@ impl Tiers {
     /// End of stream. A zero-hertz run that ends on a still picture encodes its last frame, so
     /// a variable-frame-rate recording lasts exactly as long as the run.
     pub fn flush(&mut self, last: Option<&VideoFrame>, out: &mut Vec<EncodedPacket>) -> Result<()> {
-        if let Some(f) = last {
-            if self.main.cadence.is_some() && !self.main.last_offered_encoded && !self.main.idle {
-                self.main.encode(f, out)?;
+        for t in [Some(&mut self.main), self.record.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(f) = last {
+                if t.cadence.is_some() && !t.last_offered_encoded && !t.idle {
+                    t.encode(f, out)?;
+                }
+            }
+            let start = out.len();
+            t.encoder.flush(out)?;
+            for p in &mut out[start..] {
+                p.layer = t.layer;
             }
         }
-        self.main.encoder.flush(out)?;
         if let Some(low) = &mut self.low {
             let start = out.len();
             low.encoder.flush(out)?;
