@@ -93,7 +93,8 @@ pub struct ShareOptions {
     pub show_cursor: Option<bool>,
     /// Capture audio (default false).
     pub capture_audio: Option<bool>,
-    /// `system` (default), `mic`, `both`, `app:NAME`, `app:PID`, or a bare PID.
+    /// `system` (default), `mic`, `both`, `app:NAME`, `app:PID`, a bare PID (that app only), or
+    /// `system-except:PID` / `system-except:NAME` (everything but that app and its children).
     pub audio_mode: Option<String>,
     /// `auto` (default), `x264`, `vaapi`, `nvenc`, `qsv`.
     pub encoder: Option<String>,

@@ -159,6 +159,90 @@ fn app_capture_records_only_that_application() {
     assert!(stderr(&out).contains("unknown audio source 'nosuch'"));
 }
 
+/// `sh -c 'sleep DELAY; ffmpeg … 440 Hz as "callapp"; true'`: a "call app" whose player is its
+/// child and starts after `delay_s` (the trailing `true` keeps sh from exec'ing ffmpeg).
+fn call_app(pulse: &Pulse, delay_s: u32) -> Proc {
+    let script = format!(
+        "sleep {delay_s}; ffmpeg -hide_banner -loglevel error -re -f lavfi \
+         -i sine=frequency=440:sample_rate=48000 -f pulse -name callapp -device speakers tone; true"
+    );
+    let child = pulse
+        .env(&mut Command::new("sh"))
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+fn stop_call_app(app: Proc) {
+    let _ = Command::new("pkill")
+        .args(["-P", &app.0.id().to_string()])
+        .status();
+    drop(app);
+}
+
+#[test]
+fn system_except_leaves_out_one_application_and_its_children() {
+    let pulse = Pulse::start("except");
+    let _b = pulse.tone(1000, "toneB", "speakers");
+    let dir = tmpdir("audio-except");
+
+    // By PID: the excluded shell's child starts playing 2 s after the share began.
+    let app = call_app(&pulse, 2);
+    let file = dir.join("except-pid.mp4");
+    let out = run(&mut testsrc_record(
+        &pulse,
+        &file,
+        &format!("system-except:{}", app.0.id()),
+        8,
+    ));
+    let listed = pulse.pactl(&["list", "sink-inputs"]);
+    stop_call_app(app);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        listed.contains("application.name = \"callapp\""),
+        "the call app was playing: {listed}"
+    );
+    let (samples, start) = decode_audio(&file);
+    let w = window(&samples, 4.0 - start, 7.5 - start);
+    let (a, b) = (tone_amplitude(&w, 440.0), tone_amplitude(&w, 1000.0));
+    eprintln!("by pid: 440 {a:.4}, 1000 {b:.4}");
+    assert!(b > 0.08, "the other application is captured: {b}");
+    assert!(a < 0.003, "the excluded application's child is not: {a}");
+
+    // By name, the app already playing when the share starts.
+    let app = call_app(&pulse, 0);
+    std::thread::sleep(Duration::from_millis(1500));
+    let file = dir.join("except-name.mp4");
+    let out = run(&mut testsrc_record(
+        &pulse,
+        &file,
+        "system-except:callapp",
+        5,
+    ));
+    stop_call_app(app);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (samples, start) = decode_audio(&file);
+    let w = window(&samples, 2.0 - start, 4.5 - start);
+    let (a, b) = (tone_amplitude(&w, 440.0), tone_amplitude(&w, 1000.0));
+    eprintln!("by name: 440 {a:.4}, 1000 {b:.4}");
+    assert!(b > 0.08, "the other application is captured: {b}");
+    assert!(a < 0.003, "the excluded application is not: {a}");
+
+    // The same PID through plain `app:` captures exactly the other side (sanity of the tones).
+    let app = call_app(&pulse, 0);
+    std::thread::sleep(Duration::from_millis(1500));
+    let file = dir.join("only-app.mp4");
+    let out = run(&mut testsrc_record(&pulse, &file, "app:callapp", 4));
+    stop_call_app(app);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (samples, start) = decode_audio(&file);
+    let w = window(&samples, 1.5 - start, 3.5 - start);
+    assert!(tone_amplitude(&w, 440.0) > 0.08);
+    assert!(tone_amplitude(&w, 1000.0) < 0.003);
+}
+
 /// Onsets of white flashes in the video (frame time minus half a frame interval) and of beeps in
 /// the audio, seconds on the file's timeline.
 fn flash_and_beep_onsets(file: &Path, fps: f64) -> (Vec<f64>, Vec<f64>) {

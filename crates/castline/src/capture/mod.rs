@@ -131,6 +131,9 @@ pub enum AudioSourceSpec {
     Mic(Option<String>),
     /// Only one application's streams.
     App(AppMatch),
+    /// Every application's streams except this one's and its children's (a call app sharing
+    /// system audio without sending the call back).
+    SystemExcept(AppMatch),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,12 +159,13 @@ impl std::fmt::Display for AudioSourceSpec {
             Self::Mic(None) => write!(f, "mic"),
             Self::Mic(Some(n)) => write!(f, "mic:{n}"),
             Self::App(m) => write!(f, "app:{m}"),
+            Self::SystemExcept(m) => write!(f, "system-except:{m}"),
         }
     }
 }
 
 /// Parse an `--audio` value: `none`, `system`, `mic`, `mic:NAME`, `both` (system + mic),
-/// `app:NAME`, `app:PID`, or several joined with commas.
+/// `app:NAME`, `app:PID`, `system-except:PID|NAME`, or several joined with commas.
 pub fn parse_audio_sources(s: &str) -> Result<Vec<AudioSourceSpec>, String> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim) {
@@ -177,13 +181,15 @@ pub fn parse_audio_sources(s: &str) -> Result<Vec<AudioSourceSpec>, String> {
                 if let Some(n) = part.strip_prefix("mic:").filter(|n| !n.is_empty()) {
                     out.push(AudioSourceSpec::Mic(Some(n.to_string())));
                 } else if let Some(a) = part.strip_prefix("app:").filter(|a| !a.is_empty()) {
-                    out.push(AudioSourceSpec::App(match a.parse() {
-                        Ok(pid) => AppMatch::Pid(pid),
-                        Err(_) => AppMatch::Name(a.to_string()),
-                    }));
+                    out.push(AudioSourceSpec::App(app_match(a)));
+                } else if let Some(a) = part
+                    .strip_prefix("system-except:")
+                    .filter(|a| !a.is_empty())
+                {
+                    out.push(AudioSourceSpec::SystemExcept(app_match(a)));
                 } else {
                     return Err(format!(
-                        "unknown audio source '{part}' (expected none, system, mic, mic:NAME, both, app:NAME or app:PID)"
+                        "unknown audio source '{part}' (expected none, system, mic, mic:NAME, both, app:NAME, app:PID or system-except:PID|NAME)"
                     ));
                 }
             }
@@ -191,6 +197,13 @@ pub fn parse_audio_sources(s: &str) -> Result<Vec<AudioSourceSpec>, String> {
     }
     out.dedup();
     Ok(out)
+}
+
+fn app_match(a: &str) -> AppMatch {
+    match a.parse() {
+        Ok(pid) => AppMatch::Pid(pid),
+        Err(_) => AppMatch::Name(a.to_string()),
+    }
 }
 
 fn parse_window_id(s: &str) -> Option<u32> {
@@ -288,4 +301,31 @@ impl<T> BufferPool<T> {
 /// Mutable access to a buffer fresh from [`BufferPool::take`].
 pub(crate) fn unique_mut<T>(b: &mut Arc<T>) -> Result<&mut T, CaptureError> {
     Arc::get_mut(b).ok_or_else(|| CaptureError::X11("frame buffer still shared".into()))
+}
+
+#[cfg(test)]
+mod audio_spec_tests {
+    use super::*;
+
+    #[test]
+    fn audio_sources_parse_with_system_except() {
+        assert_eq!(
+            parse_audio_sources("system-except:4242,mic").unwrap(),
+            vec![
+                AudioSourceSpec::SystemExcept(AppMatch::Pid(4242)),
+                AudioSourceSpec::Mic(None)
+            ]
+        );
+        assert_eq!(
+            parse_audio_sources("system-except:Discord").unwrap(),
+            vec![AudioSourceSpec::SystemExcept(AppMatch::Name(
+                "Discord".into()
+            ))]
+        );
+        assert!(parse_audio_sources("system-except:").is_err());
+        assert_eq!(
+            AudioSourceSpec::SystemExcept(AppMatch::Pid(7)).to_string(),
+            "system-except:7"
+        );
+    }
 }

@@ -6,6 +6,9 @@
 //! * `app:NAME` / `app:PID`: only one application: a record stream per matching sink input,
 //!   each attached to that sink input alone (`pa_stream_set_monitor_stream`). Streams the
 //!   application opens later are picked up; ones it closes go away.
+//! * `system-except:PID` / `system-except:NAME`: everything the machine plays except one
+//!   application and its child processes: a record stream per *other* sink input, picked up and
+//!   dropped the same way (the excluded app may start playing after the share began).
 //!
 //! Each input runs its own thread with its own (non-threaded) PulseAudio main loop. Streams ask
 //! for 48 kHz stereo float, so the server converts and resamples, and for 10 ms fragments (the
@@ -319,11 +322,57 @@ pub fn server_reachable(timeout: Duration) -> bool {
     Connection::open(timeout).is_ok()
 }
 
-/// What one input thread records: a fixed device, or an application's streams.
+/// What one input thread records: a fixed device, an application's streams, or every stream
+/// but an application's.
 #[derive(Debug, Clone)]
 enum Target {
     Device(String),
     App(AppMatch),
+    AllExcept(AppMatch),
+}
+
+impl Target {
+    /// Whether a stream an application plays is one this input records (None: device input).
+    fn takes(&self, a: &AudioApp) -> bool {
+        match self {
+            Target::Device(_) => false,
+            Target::App(m) => a.matches(m),
+            Target::AllExcept(m) => !a.matches(m) && !a.pid.is_some_and(|p| descends_from(p, m)),
+        }
+    }
+}
+
+/// Whether process `pid` is a child (at any depth) of the process `m` names, read from /proc:
+/// a call app's audio often plays from a helper process it started.
+fn descends_from(pid: u32, m: &AppMatch) -> bool {
+    let mut p = pid;
+    // A bounded walk: process trees are shallow, and /proc may change under it.
+    for _ in 0..64 {
+        let Some(parent) = parent_pid(p) else {
+            return false;
+        };
+        if parent <= 1 {
+            return false;
+        }
+        let hit = match m {
+            AppMatch::Pid(x) => parent == *x,
+            AppMatch::Name(n) => std::fs::read_to_string(format!("/proc/{parent}/comm"))
+                .is_ok_and(|c| c.trim().eq_ignore_ascii_case(n)),
+        };
+        if hit {
+            return true;
+        }
+        p = parent;
+    }
+    false
+}
+
+/// The parent of `pid` from `/proc/PID/stat` (its 4th field, after the parenthesised name, which
+/// may itself hold spaces and parentheses).
+fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// A running capture of one [`AudioSourceSpec`]; stops when dropped.
@@ -403,6 +452,8 @@ impl PulseInput {
                 }
                 Target::App(m.clone())
             }
+            // The excluded app need not be playing (or even running) yet.
+            AudioSourceSpec::SystemExcept(m) => Target::AllExcept(m.clone()),
         };
         drop(conn);
         let input = AudioInput::new(spec.to_string(), gain);
@@ -578,7 +629,7 @@ fn run_input(
                 return;
             }
         },
-        Target::App(_) => None,
+        Target::App(_) | Target::AllExcept(_) => None,
     };
     let _ = started.send(Ok(()));
     let mut conn = Some(conn);
@@ -655,7 +706,7 @@ fn run_input(
                     }
                 }
             }
-            Target::App(m) => {
+            Target::App(_) | Target::AllExcept(_) => {
                 lost = false;
                 let Ok(apps) = c.sink_inputs() else { continue };
                 let monitors: HashMap<u32, String> = c
@@ -664,7 +715,7 @@ fn run_input(
                     .into_iter()
                     .map(|(i, _, _, mon)| (i, mon))
                     .collect();
-                for a in apps.iter().filter(|a| a.matches(m)) {
+                for a in apps.iter().filter(|a| target.takes(a)) {
                     if streams.contains_key(&a.sink_input) {
                         continue;
                     }
@@ -691,4 +742,20 @@ fn run_input(
     }
     drop(streams);
     drop(conn);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parent_pid_reads_proc_and_children_are_found() {
+        let me = std::process::id();
+        let parent = parent_pid(me).unwrap();
+        assert!(parent >= 1);
+        assert!(descends_from(me, &AppMatch::Pid(parent)));
+        assert!(!descends_from(me, &AppMatch::Pid(me)));
+        assert!(!descends_from(me, &AppMatch::Pid(u32::MAX)));
+        assert_eq!(parent_pid(u32::MAX), None);
+    }
 }
