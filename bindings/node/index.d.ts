@@ -46,6 +46,12 @@ export class Session extends EventEmitter {
   stop(): Promise<void>;
   forceKeyframe(): void;
   isRunning(): boolean;
+  /** start(), blocking until the engine runs. */
+  startSync(): void;
+  /** stop(), blocking until recordings are finalized. */
+  stopSync(): void;
+  /** The video encoder in use while running. */
+  codecName(): string | null;
   /** Capture another display, window or testsrc; every target keeps running (live targets get
    * a keyframe and follow the new size, recordings keep theirs). Emits `source_changed`. */
   setSource(source: SourceChoice): Promise<void>;
@@ -64,4 +70,42 @@ export class Session extends EventEmitter {
   on(event: 'error', listener: (error: CastlineError) => void): this;
   on(event: 'stopped', listener: () => void): this;
   on(event: 'event', listener: (event: EngineEvent) => void): this;
+}
+
+/** Counters of the recorder/streamer shims (castline's Stats fields beside them). */
+export interface EngineStatistics extends Partial<Stats> {
+  videoFrames: number;
+  videoPackets: number;
+  audioPackets: number;
+  videoPacketsDropped: number;
+  audioPacketsDropped: number;
+}
+
+/** The Ionia engine's recorder API, over Session (synchronous calls, boolean results). */
+export class VideoAudioRecorder {
+  constructor();
+  initialize(outputPath: string, fps?: number, videoBitrate?: number, useNvenc?: boolean,
+    audioBitrate?: number, audioMode?: 'mic' | 'desktop' | 'both'): boolean;
+  start(): boolean;
+  stop(): boolean;
+  isRunning(): boolean;
+  getStatistics(): EngineStatistics;
+  getCodecName(): string;
+  /** Why the last call returned false (castline extension). */
+  getLastError(): CastlineError | null;
+}
+
+/** The Ionia engine's RTMP streamer API, over Session. */
+export class VideoAudioStreamer {
+  constructor();
+  initialize(rtmpUrl: string, fps?: number, videoBitrate?: number, useNvenc?: boolean,
+    audioBitrate?: number, audioMode?: 'mic' | 'desktop' | 'both'): boolean;
+  start(): boolean;
+  stop(): boolean;
+  isRunning(): boolean;
+  isConnected(): boolean;
+  isBackpressure(): boolean;
+  getStatistics(): EngineStatistics;
+  getCodecName(): string;
+  getLastError(): CastlineError | null;
 }

@@ -36,27 +36,46 @@ class Session extends EventEmitter {
     }
   }
 
-  async start() {
-    // The engine's callbacks hold this session only weakly: a running session that nobody
-    // references any more can be garbage-collected, which stops its engine cleanly.
+  // The engine's callbacks hold this session only weakly: a running session that nobody
+  // references any more can be garbage-collected, which stops its engine cleanly.
+  _callbacks() {
     const ref = new WeakRef(this);
     const emit = (name, value) => {
       const self = ref.deref();
       if (self && (name !== 'error' || self.listenerCount('error') > 0)) self.emit(name, value);
     };
+    return [
+      (e) => emit('error', engineError(e)),
+      // Each native callback has its own queue into the event loop: defer 'stopped' by a turn
+      // so the 'stopping' event (and last stats) queued before it are delivered first.
+      () => setImmediate(() => emit('stopped')),
+      (s) => emit('stats', s),
+      (ev) => emit('event', ev),
+    ];
+  }
+
+  async start() {
     try {
-      await this._native.start(
-        (e) => emit('error', engineError(e)),
-        // Each native callback has its own queue into the event loop: defer 'stopped' by a turn
-        // so the 'stopping' event (and last stats) queued before it are delivered first.
-        () => setImmediate(() => emit('stopped')),
-        (s) => emit('stats', s),
-        (ev) => emit('event', ev),
-      );
+      await this._native.start(...this._callbacks());
     } catch (e) {
       throw toError(e);
     }
   }
+
+  /** start(), blocking until the engine runs (throws the classified error otherwise). */
+  startSync() {
+    try {
+      this._native.startSync(...this._callbacks());
+    } catch (e) {
+      throw toError(e);
+    }
+  }
+
+  /** stop(), blocking until recordings are finalized. */
+  stopSync() { this._native.stopSync(); }
+
+  /** The video encoder in use (`libx264`, `h264_vaapi`, …) while running. */
+  codecName() { return this._native.codecName() || null; }
 
   stop() { return this._native.stop(); }
   forceKeyframe() { this._native.forceKeyframe(); }
@@ -138,6 +157,8 @@ function onCurrent(method) {
   };
 }
 
+const { VideoAudioRecorder, VideoAudioStreamer } = require('./compat.js')(Session);
+
 module.exports = {
   listDisplays: () => { try { return native.listDisplays(); } catch (e) { throw toError(e); } },
   listWindows: () => { try { return native.listWindows(); } catch (e) { throw toError(e); } },
@@ -153,4 +174,6 @@ module.exports = {
   setFps: onCurrent('setFps'),
   setAudioMuted: onCurrent('setAudioMuted'),
   Session,
+  VideoAudioRecorder,
+  VideoAudioStreamer,
 };

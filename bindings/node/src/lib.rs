@@ -119,6 +119,8 @@ pub struct ShareOptions {
     pub idle_fps: Option<f64>,
     /// Recordings take a variable frame rate too (default false: constant).
     pub vfr: Option<bool>,
+    /// Audio bitrate, bit/s (default: AAC 128 000, Opus 96 000).
+    pub audio_bitrate: Option<f64>,
     /// H.264 profile: `baseline`, `main` or `high`. Default: `baseline` with a live target,
     /// else `high`. WebRTC targets added later with `addOutput` need `baseline` (or `main`).
     pub profile: Option<String>,
@@ -156,6 +158,8 @@ pub struct OutputStats {
     /// Live outputs that adapt: the video bitrate asked for and the path estimate, kbit/s.
     pub target_kbps: Option<f64>,
     pub estimate_kbps: Option<f64>,
+    /// Media waiting in the output's queue, ms (a growing queue: the network is not draining).
+    pub buffered_ms: f64,
 }
 
 /// The encode's adaptation level (same as `adaptation` in `castline --stats json`).
@@ -198,6 +202,10 @@ pub struct Stats {
     pub dropped_capture: f64,
     pub dropped_encode_queue: f64,
     pub dropped_output: f64,
+    /// Frames captured so far (new pictures and repeats).
+    pub frames_captured: f64,
+    /// Audio packets encoded so far (0 without audio; audio is never dropped).
+    pub audio_packets: f64,
     pub outputs: Vec<OutputStats>,
     pub adaptation: Adaptation,
     /// The full snapshot as JSON (same object as `castline --stats json`).
@@ -434,8 +442,18 @@ fn config(o: &ShareOptions) -> Result<PipelineConfig> {
             mode.to_string()
         };
         let sources: Vec<AudioSourceSpec> = parse_audio_sources(&mode).map_err(bad)?;
+        let bitrate = match o.audio_bitrate {
+            None => None,
+            Some(b) if b.is_finite() && (16e3..=512e3).contains(&b) => Some(b as u64),
+            Some(b) => {
+                return Err(bad(format!(
+                    "audioBitrate {b} out of range (16k–512k bit/s)"
+                )))
+            }
+        };
         AudioConfig {
             sources,
+            bitrate,
             ..AudioConfig::default()
         }
     } else {
@@ -497,6 +515,8 @@ fn stats_of(s: &StatsSnapshot) -> Stats {
         dropped_capture: s.drops.capture as f64,
         dropped_encode_queue: s.drops.encode_queue as f64,
         dropped_output: s.drops.output as f64,
+        frames_captured: s.frames_captured as f64,
+        audio_packets: s.audio.as_ref().map(|a| a.packets).unwrap_or(0) as f64,
         outputs: s
             .outputs
             .iter()
@@ -514,6 +534,7 @@ fn stats_of(s: &StatsSnapshot) -> Stats {
                     .map(|p| p.iter().filter(|p| p.connected).count() as u32),
                 target_kbps: o.target_kbps,
                 estimate_kbps: o.estimate_kbps,
+                buffered_ms: o.buffered_ms,
             })
             .collect(),
         adaptation: adaptation_of(&s.adaptation),
@@ -553,6 +574,14 @@ fn serde_state(s: castline::pipeline::stats::OutputState) -> String {
         S::Failed => "failed",
     }
     .into()
+}
+
+/// The JS callbacks of a session.
+struct Callbacks {
+    on_error: Callback<EngineError>,
+    on_stopped: Callback<()>,
+    on_stats: Callback<Stats>,
+    on_event: Callback<EngineEvent>,
 }
 
 /// What a running session shares with its monitor thread.
@@ -649,15 +678,91 @@ impl NativeSession {
         on_stats: Callback<Stats>,
         on_event: Callback<EngineEvent>,
     ) -> Result<Object<'env>> {
+        let (deferred, promise) = env.create_deferred::<(), _>()?;
+        let callbacks = Callbacks {
+            on_error,
+            on_stopped,
+            on_stats,
+            on_event,
+        };
+        self.launch(
+            env,
+            callbacks,
+            Box::new(move |r| match r {
+                Ok(()) => deferred.resolve(|_| Ok(())),
+                Err(e) => deferred.reject(e),
+            }),
+        )?;
+        Ok(promise)
+    }
+
+    /// `start`, blocking the calling thread until the engine runs (or throwing the classified
+    /// error): for the synchronous recorder/streamer API (`VideoAudioRecorder.start()`).
+    #[napi(
+        ts_args_type = "onError: (error: EngineError) => void, onStopped: () => void, onStats: (stats: Stats) => void, onEvent: (event: EngineEvent) => void"
+    )]
+    pub fn start_sync(
+        &self,
+        env: &Env,
+        on_error: Callback<EngineError>,
+        on_stopped: Callback<()>,
+        on_stats: Callback<Stats>,
+        on_event: Callback<EngineEvent>,
+    ) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let callbacks = Callbacks {
+            on_error,
+            on_stopped,
+            on_stats,
+            on_event,
+        };
+        self.launch(
+            env,
+            callbacks,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        )?;
+        rx.recv()
+            .unwrap_or_else(|_| Err(err("internal", "the engine thread ended before starting")))
+    }
+
+    /// `stop`, blocking until recordings are finalized.
+    #[napi]
+    pub fn stop_sync(&self) {
+        self.inner.stop_and_join();
+    }
+
+    /// The video encoder in use (`libx264`, `h264_vaapi`, …), once running.
+    #[napi]
+    pub fn codec_name(&self) -> Option<String> {
+        self.control().ok().map(|c| c.encoder_name())
+    }
+
+    /// Start the engine thread; `started` is told whether the pipeline opened.
+    fn launch(
+        &self,
+        env: &Env,
+        callbacks: Callbacks,
+        started: Box<dyn FnOnce(Result<()>) + Send>,
+    ) -> Result<()> {
+        let Callbacks {
+            on_error,
+            on_stopped,
+            on_stats,
+            on_event,
+        } = callbacks;
         EXIT_HOOK.call_once(|| {
             // Process exit (or worker teardown): stop every engine so recordings are finalized.
             let _ = env.add_env_cleanup_hook((), |_| stop_all_sessions());
         });
         let cfg = config(&self.options)?;
-        let (deferred, promise) = env.create_deferred::<(), _>()?;
         if self.inner.active.swap(true, Ordering::SeqCst) {
-            deferred.reject(err("already_running", "this session is already running"));
-            return Ok(promise);
+            started(Err(err(
+                "already_running",
+                "this session is already running",
+            )));
+            return Ok(());
         }
         let inner = self.inner.clone();
         let stop = Arc::new(AtomicBool::new(false));
@@ -677,12 +782,12 @@ impl NativeSession {
                         let (code, _) = classify(&e);
                         // Not running any more before the promise settles.
                         inner2.active.store(false, Ordering::SeqCst);
-                        deferred.reject(err(&code, &e));
+                        started(Err(err(&code, &e)));
                         return;
                     }
                 };
                 *control2.lock().unwrap_or_else(|p| p.into_inner()) = Some(pipeline.control());
-                deferred.resolve(|_| Ok(()));
+                started(Ok(()));
                 let detail = pipeline.endpoints().first().cloned();
                 on_event.call(
                     EngineEvent {
@@ -770,7 +875,7 @@ impl NativeSession {
             monitor: Some(monitor),
             control,
         });
-        Ok(promise)
+        Ok(())
     }
 
     /// Stop (recordings finalized); resolves when the engine has ended. Idempotent, and safe

@@ -369,6 +369,17 @@ impl Control {
         Ok(())
     }
 
+    /// The video encoder the main tier runs (`libx264`, `h264_vaapi`, …).
+    pub fn encoder_name(&self) -> String {
+        self.shared
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .main
+            .encoder_name
+            .clone()
+    }
+
     /// The ids of the outputs currently running, with their log-safe names.
     pub fn outputs(&self) -> Vec<(OutputId, String)> {
         self.shared

@@ -625,6 +625,18 @@ impl Fanout {
         true
     }
 
+    /// The recordings' encoder now serves as `tier`: their routes follow it, no keyframe needed.
+    fn move_recordings(&mut self, tier: u8) {
+        for (o, route) in self.outputs.iter().zip(self.routes.iter_mut()) {
+            if o.fixed_size && o.hub.is_none() && route.current != tier::NONE {
+                *route = TierSwitch {
+                    current: tier,
+                    pending: None,
+                };
+            }
+        }
+    }
+
     fn all_failed(&self) -> bool {
         self.outputs
             .iter()
@@ -985,6 +997,9 @@ fn run_encode(
                 let (main, record) = tiers.streams();
                 *sh.streams.lock().unwrap_or_else(|p| p.into_inner()) =
                     StreamInfos { main, record };
+            }
+            if let Some(tier) = tiers.take_moved_recordings() {
+                fan.move_recordings(tier);
             }
             let (main_needed, record_needed) = route_outputs(&mut fan, &mut tiers);
             if sh.keyframe.swap(false, Ordering::SeqCst) {

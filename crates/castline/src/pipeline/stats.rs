@@ -150,6 +150,8 @@ pub struct StatsSnapshot {
     /// Encoder output rate over the last interval.
     pub bitrate_kbps: f64,
     pub frames_encoded: u64,
+    /// Frames captured so far (new pictures and repeats).
+    pub frames_captured: u64,
     /// Keyframes encoded so far (interval, forced by the API, or requested by an output).
     pub keyframes: u64,
     /// Share of captured frames that had new content over the last interval (0..1).
@@ -170,6 +172,8 @@ pub struct AudioSnapshot {
     pub media_s: f64,
     pub bitrate_kbps: f64,
     pub frames_mixed: u64,
+    /// Audio packets encoded so far (every audio encoder; never dropped).
+    pub packets: u64,
     pub late_frames: u64,
     pub clipped_frames: u64,
     pub sources: Vec<AudioSourceSnapshot>,
@@ -347,6 +351,7 @@ impl StatsSampler {
             encode_ms_p95: round2(p95),
             bitrate_kbps: round2((bytes - self.last_bytes) as f64 * 8.0 / 1000.0 / dt),
             frames_encoded: encoded,
+            frames_captured: captured,
             keyframes: c.keyframes.load(Ordering::Relaxed),
             changed_ratio: if d_captured == 0 {
                 0.0
@@ -416,6 +421,7 @@ impl StatsSampler {
             media_s: round2(c.samples_mixed.load(Ordering::Relaxed) as f64 / SAMPLE_RATE as f64),
             bitrate_kbps: round2(kbps),
             frames_mixed: c.frames_mixed.load(Ordering::Relaxed),
+            packets: c.packets.load(Ordering::Relaxed),
             late_frames: c.late_frames.load(Ordering::Relaxed),
             clipped_frames: c.clipped_frames.load(Ordering::Relaxed),
             sources,

@@ -185,6 +185,9 @@ impl Tier {
 /// to a new size reports many sizes; each reopen costs a keyframe).
 const FOLLOW_AFTER_FRAMES: u32 = 3;
 
+type PendingEncoder =
+    std::thread::JoinHandle<std::result::Result<Box<dyn VideoEncoder>, crate::error::EncodeError>>;
+
 /// Which outputs the run has now (they come and go while it runs).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OutputMix {
@@ -220,6 +223,9 @@ pub struct Tiers {
     record_size: (u32, u32),
     record: Option<Tier>,
     record_wanted: bool,
+    /// The encoder being opened for a new main-tier size.
+    opening: Option<((u32, u32), PendingEncoder)>,
+    moved_recordings: Option<u8>,
     busy_us: u64,
     /// Main-tier bytes in this window, and its rate over the last two windows.
     main_bytes: u64,
@@ -265,6 +271,8 @@ impl Tiers {
             record_size: (w, h),
             record: None,
             record_wanted: false,
+            opening: None,
+            moved_recordings: None,
             settings: cfg.encoder.clone(),
             adapt,
             capture_fps,
@@ -353,8 +361,11 @@ impl Tiers {
 
     /// Sizes before anything else: the main tier follows the captured picture's size while live
     /// outputs take it (a new keyframe with new parameter sets); recordings keep the size they
-    /// started with, on a tier of their own while the sizes differ. Returns whether a stream's
-    /// parameters changed (outputs opened from now on must be told).
+    /// started with. When the main tier moves away from that size, its encoder carries on as
+    /// the recording tier (recordings see no break, not even a keyframe) and a new one, opened
+    /// on a helper thread so the encode never stalls, becomes the main tier; when the source
+    /// comes back to that size, the recording tier becomes the main one again. Returns whether
+    /// a stream's parameters changed (outputs opened from now on must be told).
     pub fn fit_sizes(&mut self, picture: (u32, u32), mix: OutputMix) -> Result<bool> {
         if !mix.fixed {
             self.record_size = self.main.size();
@@ -367,16 +378,32 @@ impl Tiers {
         let mut changed = false;
         if want == self.main.size() {
             self.pending_size = None;
+            self.opening = None;
         } else {
             let seen = match self.pending_size {
                 Some((s, n)) if s == want => n + 1,
                 _ => 1,
             };
             self.pending_size = Some((want, seen));
+            let back_to_record = self.record.is_some() && want == self.record_size;
+            if !back_to_record && self.opening.as_ref().is_none_or(|(s, _)| *s != want) {
+                self.opening = Some((want, self.open_in_background(want)?));
+            }
             if seen >= FOLLOW_AFTER_FRAMES {
-                self.reopen_main(want)?;
-                self.pending_size = None;
-                changed = true;
+                if back_to_record {
+                    self.record_becomes_main();
+                    changed = true;
+                } else if self.opening.as_ref().is_some_and(|(_, h)| h.is_finished()) {
+                    if let Some((_, h)) = self.opening.take() {
+                        let enc = h.join().unwrap_or_else(|_| {
+                            Err(crate::error::EncodeError::Failed(
+                                "encoder open panicked".into(),
+                            ))
+                        })?;
+                        self.install_main(enc, mix.fixed);
+                        changed = true;
+                    }
+                }
             }
         }
         self.record_wanted = mix.fixed && self.main.size() != self.record_size;
@@ -395,6 +422,78 @@ impl Tiers {
         Ok(changed)
     }
 
+    /// When the last `fit_sizes` moved recordings' encoder to another tier without a keyframe:
+    /// the tier their routes now point at (the caller moves them at once).
+    pub fn take_moved_recordings(&mut self) -> Option<u8> {
+        self.moved_recordings.take()
+    }
+
+    fn open_in_background(&self, (w, h): (u32, u32)) -> Result<PendingEncoder> {
+        let settings = self.tier_settings(self.settings.bitrate, self.settings.vbv_s);
+        let fps = self.capture_fps;
+        std::thread::Builder::new()
+            .name("castline-encoder-open".into())
+            .spawn(move || encode::open_video_encoder(&settings, w, h, fps))
+            .map_err(|e| crate::error::Error::Internal(format!("cannot start a thread: {e}")))
+    }
+
+    fn install_main(&mut self, enc: Box<dyn VideoEncoder>, fixed: bool) {
+        let (w, h) = (enc.info().width, enc.info().height);
+        let from = self.main.size();
+        tracing::info!(
+            tier = "main",
+            from_width = from.0,
+            from_height = from.1,
+            width = w,
+            height = h,
+            "tier_resized"
+        );
+        let mut old = std::mem::replace(
+            &mut self.main,
+            Tier::new(MAIN, enc, self.capture_fps, self.cadence),
+        );
+        if fixed && self.record.is_none() && old.size() == self.record_size {
+            tracing::info!(
+                tier = "record",
+                width = from.0,
+                height = from.1,
+                "tier_started"
+            );
+            old.layer = RECORD;
+            self.record = Some(old);
+            self.moved_recordings = Some(RECORD);
+        }
+        self.reset_ladders();
+    }
+
+    fn record_becomes_main(&mut self) {
+        let Some(mut rec) = self.record.take() else {
+            return;
+        };
+        let (w, h) = rec.size();
+        tracing::info!(tier = "main", width = w, height = h, "tier_resized");
+        tracing::info!(tier = "record", "tier_stopped");
+        rec.layer = MAIN;
+        // Live outputs were on another stream: they start this one at a keyframe.
+        rec.keyframe_pending = true;
+        self.main = rec;
+        self.moved_recordings = Some(MAIN);
+        self.opening = None;
+        self.reset_ladders();
+    }
+
+    fn reset_ladders(&mut self) {
+        self.main_ladder = Ladder::new(LadderConfig {
+            allow_resize: false,
+            ..self.low_ladder_config()
+        });
+        // The low tier is sized from the main one: it starts again from the new size.
+        if self.low.take().is_some() {
+            tracing::info!(tier = "low", "tier_stopped");
+        }
+        self.low_ladder = Ladder::new(self.low_ladder_config());
+    }
+
     /// Settings of a tier opened while running: the encoder the main tier resolved to, with
     /// parameter sets in-band (its stream's differ from the ones the outputs were opened with).
     fn tier_settings(&self, bitrate: u64, vbv_s: f64) -> EncoderSettings {
@@ -408,35 +507,6 @@ impl Tiers {
             vbv_s,
             ..self.settings.clone()
         }
-    }
-
-    fn reopen_main(&mut self, (w, h): (u32, u32)) -> Result<()> {
-        let enc = encode::open_video_encoder(
-            &self.tier_settings(self.settings.bitrate, self.settings.vbv_s),
-            w,
-            h,
-            self.capture_fps,
-        )?;
-        let from = self.main.size();
-        tracing::info!(
-            tier = "main",
-            from_width = from.0,
-            from_height = from.1,
-            width = w,
-            height = h,
-            "tier_resized"
-        );
-        self.main = Tier::new(MAIN, enc, self.capture_fps, self.cadence);
-        self.main_ladder = Ladder::new(LadderConfig {
-            allow_resize: false,
-            ..self.low_ladder_config()
-        });
-        // The low tier is sized from the main one: it starts again from the new size.
-        if self.low.take().is_some() {
-            tracing::info!(tier = "low", "tier_stopped");
-        }
-        self.low_ladder = Ladder::new(self.low_ladder_config());
-        Ok(())
     }
 
     /// Read what the outputs ask for and start, resize, re-rate or stop the low tier.
