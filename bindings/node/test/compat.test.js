@@ -163,3 +163,43 @@ test('VideoAudioStreamer to nginx-rtmp and VideoAudioRecorder beside it, as that
   assert.strictEqual(refused.getLastError().code, 'connection_refused', String(refused.getLastError()));
   assert.strictEqual(refused.isRunning(), false);
 });
+
+test('setAudioMuted silences the track without ending it, and unmuting brings the sound back', async () => {
+  const file = path.join(tmp, 'muted.mp4');
+  const s = new engine.Session({ target: 'file://' + file, targetType: 'primary', fps: 30,
+    captureAudio: true, audioMode: 'system' });
+  const events = [];
+  s.on('event', (e) => events.push(e.name));
+  const t0 = Date.now();
+  await s.start();
+  // A PulseAudio monitor stream delivers its first samples ~1.5 s after it opens (measured).
+  await sleep(3500);
+  const mutedAt = (Date.now() - t0) / 1000;
+  await s.setAudioMuted(true);
+  await sleep(2000);
+  const unmutedAt = (Date.now() - t0) / 1000;
+  await s.setAudioMuted(false);
+  await sleep(2000);
+  await s.stop();
+  assert.deepStrictEqual(events.filter((n) => n.startsWith('audio_')), ['audio_muted', 'audio_unmuted']);
+  const pcm = execFileSync('ffmpeg', ['-v', 'error', '-i', file, '-map', '0:a', '-ac', '1', '-ar', '48000',
+    '-f', 'f32le', '-'], { maxBuffer: 64 << 20 });
+  const x = new Float32Array(pcm.buffer, pcm.byteOffset, pcm.length / 4);
+  const rms = (a, b) => {
+    let sum = 0;
+    const i0 = Math.floor(a * 48000);
+    const i1 = Math.min(x.length, Math.floor(b * 48000));
+    for (let i = i0; i < i1; i++) sum += x[i] * x[i];
+    return Math.sqrt(sum / Math.max(1, i1 - i0));
+  };
+  // The mixer runs ~60 ms behind real time: leave half a second around each switch.
+  const before = rms(2.0, mutedAt - 0.5);
+  const muted = rms(mutedAt + 0.5, unmutedAt - 0.5);
+  const after = rms(unmutedAt + 0.5, x.length / 48000 - 0.3);
+  assert.ok(before > 0.05 && after > 0.05, `tone before ${before}, after ${after}`);
+  assert.ok(muted < 1e-4, `muted rms ${muted}`);
+  const d = JSON.parse(execFileSync('ffprobe', ['-v', 'error', '-show_entries', 'stream=codec_type,duration',
+    '-of', 'json', file]).toString()).streams;
+  const dur = Object.fromEntries(d.map((st) => [st.codec_type, Number(st.duration)]));
+  assert.ok(Math.abs(dur.audio - dur.video) < 0.1, JSON.stringify(dur));
+});

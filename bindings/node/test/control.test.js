@@ -149,7 +149,9 @@ test('setSource from the screen to a window and back while a Chromium viewer wat
     s.on('event', (e) => events.push(e));
     s.on('error', (e) => errors.push(e));
     await s.start();
-    const url = events.find((e) => e.name === 'started').detail;
+    // 'started' comes through its own native queue: it may follow the resolved start().
+    for (let i = 0; i < 100 && !events.some((e) => e.name === 'started'); i++) await sleep(20);
+    const url = (events.find((e) => e.name === 'started') || {}).detail;
     assert.ok(url && url.startsWith('http://127.0.0.1:'), String(url));
     await s.addOutput('file://' + rec);
     const recAdded = Date.now();
