@@ -11,11 +11,9 @@ const os = require('node:os');
 const path = require('node:path');
 const engine = require('..');
 
-const root = path.join(__dirname, '../../..');
-const testkit = path.join(root, 'target/debug/castline-testkit');
+const { sleep, movingScreen } = require('./fixtures.js');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'castline-compat-'));
 const children = [];
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 let rtmpPort;
 
 function freePort() {
@@ -37,15 +35,7 @@ async function waitFor(cond, ms, what) {
 }
 
 before(async () => {
-  execFileSync('cargo', ['build', '-q', '-p', 'castline-cli', '--bin', 'castline-testkit'],
-    { cwd: root, stdio: 'inherit' });
-  const display = ':' + (500 + (process.pid % 200));
-  children.push(spawn('Xvfb', [display, '-screen', '0', '1280x720x24', '-nolisten', 'tcp'],
-    { stdio: 'ignore' }));
-  process.env.DISPLAY = display;
-  await waitFor(() => { try { engine.listDisplays(); return true; } catch (e) { return false; } },
-    5000, 'Xvfb');
-  children.push(spawn(testkit, ['content', '--fps', '30'], { stdio: 'ignore', env: process.env }));
+  await movingScreen(500, children);
 
   // PulseAudio: 'desktop' is the null sink's monitor, 'mic' a second null sink's monitor.
   const pulseDir = path.join(tmp, 'pulse');

@@ -11,30 +11,14 @@ const path = require('node:path');
 const readline = require('node:readline');
 const engine = require('..');
 
-const root = path.join(__dirname, '../../..');
-const testkit = path.join(root, 'target/debug/castline-testkit');
+const { root, testkit, sleep, movingScreen } = require('./fixtures.js');
 const browserDir = path.join(root, 'crates/castline-cli/tests/browser');
 const haveBrowser = fs.existsSync(path.join(browserDir, 'node_modules/playwright-core'))
   && fs.existsSync('/usr/bin/chromium');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'castline-control-'));
 const children = [];
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-before(async () => {
-  // The fixture binary (built by the Rust suite; built here when this file runs alone).
-  execFileSync('cargo', ['build', '-q', '-p', 'castline-cli', '--bin', 'castline-testkit'],
-    { cwd: root, stdio: 'inherit' });
-  const display = ':' + (700 + (process.pid % 200));
-  children.push(spawn('Xvfb', [display, '-screen', '0', '1280x720x24', '-nolisten', 'tcp'],
-    { stdio: 'ignore' }));
-  process.env.DISPLAY = display;
-  for (let i = 0; i < 50; i++) {
-    try { engine.listDisplays(); break; } catch (e) { await sleep(100); }
-  }
-  // Moving content over the whole screen, so every frame is new (no zero-hertz idling).
-  children.push(spawn(testkit, ['content', '--fps', '30'], { stdio: 'ignore', env: process.env }));
-  await sleep(1000);
-});
+before(() => movingScreen(700, children));
 
 after(() => { for (const c of children) c.kill('SIGKILL'); });
 
