@@ -799,6 +799,10 @@ fn run_capture(
                 "source_changed"
             );
             source = next;
+            // Every live output starts the new picture on a keyframe (a size change brings one
+            // anyway; a source of the same size would otherwise arrive as P-frames).
+            tracing::info!(reason = "source_changed", "keyframe_requested");
+            sh.keyframe.store(true, Ordering::SeqCst);
         }
         let at = CaptureTime {
             pts_us: pts,
