@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::adapt::tier::{self, TierSwitch};
-use crate::adapt::{AdaptConfig, SinkAdapter, TierDemand};
+use crate::adapt::{AdaptConfig, SinkAdapter};
 use crate::cadence::CadenceConfig;
 use crate::capture::ffmpeg_process::FfmpegIngest;
 use crate::capture::pulse::PulseInput;
@@ -991,11 +991,7 @@ fn run_encode(
                 sh.live.bitrate.load(Ordering::Relaxed),
                 sh.live.max_fps.load(Ordering::Relaxed),
             );
-            {
-                let demands: Vec<&TierDemand> =
-                    fan.outputs.iter().map(|o| o.demand.as_ref()).collect();
-                tiers.plan(t0, &demands)?;
-            }
+            tiers.plan(t0, fan.outputs.iter().map(|o| o.demand.as_ref()))?;
             let picture = (frame.picture.width, frame.picture.height);
             if tiers.fit_sizes(picture, fan.mix())? {
                 let (main, record) = tiers.streams();
@@ -1102,7 +1098,9 @@ fn fan_out(
             if o.hub.is_some() && p.layer == tier::RECORD {
                 continue;
             }
-            o.awaiting_video.store(false, Ordering::Relaxed);
+            if o.awaiting_video.load(Ordering::Relaxed) {
+                o.awaiting_video.store(false, Ordering::Relaxed);
+            }
             match o.queue.push(p.clone()) {
                 PushOutcome::Dropped {
                     want_keyframe: true,

@@ -510,12 +510,16 @@ impl Tiers {
     }
 
     /// Read what the outputs ask for and start, resize, re-rate or stop the low tier.
-    pub fn plan(&mut self, now: Instant, demands: &[&TierDemand]) -> Result<()> {
+    pub fn plan<'a>(
+        &mut self,
+        now: Instant,
+        demands: impl IntoIterator<Item = &'a TierDemand>,
+    ) -> Result<()> {
         if !self.adapt.enabled {
             return Ok(());
         }
         let low = demands
-            .iter()
+            .into_iter()
             .filter_map(|d| d.low())
             .min_by_key(|(bps, _)| *bps);
         self.low_target = low;
