@@ -15,11 +15,11 @@ shift || true
 # (a str0m peer connection with its DTLS certificate per input: ~15/s) and the HTTP server (two
 # TCP round trips per input: ~100/s) run for SLOW_SECONDS each instead (default 300).
 declare -A share=(
-  [signaling_json]=30 [livekit_signal]=30 [annexb_au]=20 [rtcp_compound]=20 [sdp_offer]=0 [whep_http]=0
+  [signaling_json]=25 [livekit_signal]=25 [annexb_au]=15 [rtcp_compound]=15 [http_head]=20 [sdp_offer]=0 [whep_http]=0
 )
 slow_seconds=${SLOW_SECONDS:-300}
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(signaling_json livekit_signal annexb_au rtcp_compound sdp_offer whep_http)
+[ ${#targets[@]} -eq 0 ] && targets=(signaling_json livekit_signal annexb_au rtcp_compound http_head sdp_offer whep_http)
 
 if ! rustup toolchain list | grep -q '^nightly'; then
   echo "fuzz: needs a nightly toolchain (rustup toolchain install nightly)" >&2

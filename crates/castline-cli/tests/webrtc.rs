@@ -473,3 +473,157 @@ fn lost_packets_are_nacked_and_retransmitted_from_the_send_history() {
         .unwrap_or(0);
     assert!(nacks > 0, "castline's stats show no NACKs:\n{log}");
 }
+
+/// (open fds, threads, RSS in KiB) of a process, from /proc.
+fn resources(pid: u32) -> (usize, usize, u64) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (fds, threads, rss)
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[test]
+fn a_flood_of_bad_clients_is_bounded_and_the_viewer_never_stalls() {
+    let serve = Serve::start(
+        "webrtc-flood",
+        &mut castline(),
+        &[
+            "--source", "testsrc", "--size", "640x360", "--fps", "30", "--audio", "none",
+        ],
+    );
+    let pid = serve.proc.0.id();
+    const WATCH_S: u64 = 40;
+    let url = serve.url.clone();
+    let viewer = std::thread::spawn(move || {
+        browser(json!([
+            {"op": "open", "id": "v", "url": url},
+            {"op": "wait_frames", "id": "v", "n": 30, "timeout_ms": 15000},
+            {"op": "monitor", "id": "v", "seconds": WATCH_S},
+        ]))
+    });
+    // The viewer's page and signaling socket are open and its frames flow: the baseline.
+    let t0 = std::time::Instant::now();
+    while !serve.log().contains("peer_connected") {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no viewer joined");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    let before = resources(pid);
+    let port = serve.base.rsplit(':').next().unwrap().to_string();
+    let (flood_from, flood_s) = (unix_ms(), 15);
+    let flood = std::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/flood/flood.py"))
+        .args(["127.0.0.1", &port, &flood_s.to_string(), "300"])
+        .args(["127.0.0.2", "127.0.0.3", "127.0.0.4"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // While the flood runs, a newcomer on another address still gets the page at once.
+    std::thread::sleep(Duration::from_secs(5));
+    let during = resources(pid);
+    let t = std::time::Instant::now();
+    let (status, page) = http("GET", &serve.url, &[], b"");
+    let page_ms = t.elapsed().as_millis();
+    assert_eq!(status, 200, "{page}");
+    let out = flood.wait_with_output().unwrap();
+    assert!(out.status.success(), "flood.py failed");
+    let flood_until = unix_ms();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("flood: {report}");
+    eprintln!("resources (fds, threads, rss KiB): before {before:?}, during {during:?}");
+    eprintln!("the page took {page_ms} ms during the flood");
+    // Resources come back once the slow clients are timed out.
+    std::thread::sleep(Duration::from_secs(7));
+    let after = resources(pid);
+    eprintln!("after {after:?}");
+    let r = viewer.join().unwrap();
+    let log = serve.stop();
+
+    let connections = report["connections"].as_u64().unwrap();
+    assert!(connections >= 2000, "a flood of {connections} connections");
+    let st = |attack: &str, code: &str| report["statuses"][attack][code].as_u64().unwrap_or(0);
+    for (attack, code) in [
+        ("garbage", "400"),
+        ("huge_header", "431"),
+        ("many_headers", "431"),
+        ("huge_body", "413"),
+        ("chunked", "411"),
+        ("bad_token", "401"),
+        ("bad_ws", "401"),
+        ("bad_whep", "401"),
+        ("pipelined_404", "404"),
+        ("slowloris", "408"),
+    ] {
+        assert!(st(attack, code) > 0, "{attack} never got {code}: {report}");
+    }
+    let refused: u64 = report["statuses"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|s| s["503"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(refused > 0, "the per-address cap never refused: {report}");
+    let held = report["held_s"]["slowloris"].as_f64().unwrap();
+    assert!(held < 7.0, "a slowloris client held its socket {held:.1} s");
+    assert!(
+        page_ms < 1000,
+        "the page took {page_ms} ms during the flood"
+    );
+    // Threads are bounded during the flood (one per admitted connection, 32 per address).
+    assert!(
+        during.1 <= before.1 + 3 * 32 + 2,
+        "threads {during:?} vs {before:?}"
+    );
+    assert!(after.0 <= before.0 + 2, "fds {after:?} vs {before:?}");
+    assert!(after.1 <= before.1 + 1, "threads {after:?} vs {before:?}");
+    assert!(
+        after.2 <= before.2 + 16 * 1024,
+        "RSS {after:?} vs {before:?}"
+    );
+    assert!(log.contains("connection_refused"), "{log}");
+
+    // The viewer decoded throughout: no stall over 1 s from the flood's start to its end + 5 s.
+    let m = step(&r, "monitor", "v");
+    assert_eq!(m["ok"], true, "{m}");
+    let samples: Vec<(u64, u64)> = m["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s[0].as_u64().unwrap(), s[1].as_u64().unwrap()))
+        .filter(|s| s.0 >= flood_from && s.0 <= flood_until + 5000)
+        .collect();
+    assert!(samples.len() > 100, "{} samples", samples.len());
+    let (mut last_change, mut last_frames, mut worst) = (samples[0].0, samples[0].1, 0);
+    for (t, frames) in &samples {
+        if *frames != last_frames {
+            worst = worst.max(t - last_change);
+            last_change = *t;
+            last_frames = *frames;
+        }
+    }
+    worst = worst.max(samples.last().unwrap().0 - last_change);
+    let decoded = samples.last().unwrap().1 - samples[0].1;
+    eprintln!("viewer: {decoded} frames during the flood, longest stall {worst} ms");
+    assert!(
+        worst <= 1000,
+        "the viewer stalled {worst} ms during the flood"
+    );
+    assert!(decoded >= 20 * (flood_s + 5), "{decoded} frames decoded");
+}

@@ -70,3 +70,12 @@ fn annexb_au_regressions() {
         eprintln!("annexb_au/{name}: ok");
     }
 }
+
+#[test]
+fn http_head_regressions() {
+    let limits = castline::server::ServerLimits::default();
+    for (name, data) in inputs("http_head") {
+        let _ = castline::server::http::parse_head(&data, &limits);
+        eprintln!("http_head/{name}: ok");
+    }
+}
