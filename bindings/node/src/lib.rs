@@ -119,6 +119,14 @@ pub struct ShareOptions {
     pub idle_fps: Option<f64>,
     /// Recordings take a variable frame rate too (default false: constant).
     pub vfr: Option<bool>,
+    /// Stop cleanly (recordings finalized) when a `fallback_recommended` event is emitted
+    /// (default false: the app decides).
+    pub stop_on_unstable: Option<bool>,
+    /// Rolling window of the health verdicts, seconds (default 30).
+    pub health_window_s: Option<f64>,
+    /// Failures (reconnects, restarts, lost sources) in the window that make a stage
+    /// `unstable` (default 3).
+    pub health_max_failures: Option<u32>,
     /// Audio bitrate, bit/s (default: AAC 128 000, Opus 96 000).
     pub audio_bitrate: Option<f64>,
     /// H.264 profile: `baseline`, `main` or `high`. Default: `baseline` with a live target,
@@ -208,8 +216,21 @@ pub struct Stats {
     pub audio_packets: f64,
     pub outputs: Vec<OutputStats>,
     pub adaptation: Adaptation,
+    /// Every stage's health verdict (`capture`, `encode`, `audio`, each output).
+    pub health: Vec<StageHealth>,
     /// The full snapshot as JSON (same object as `castline --stats json`).
     pub json: String,
+}
+
+/// One stage's health verdict.
+#[napi(object)]
+pub struct StageHealth {
+    pub stage: String,
+    /// `ok`, `degraded` or `failing`.
+    pub state: String,
+    /// Failures in the current window.
+    pub failures: u32,
+    pub last_reason: Option<String>,
 }
 
 /// Lifecycle events (`started` with the viewer URL of `serve://` targets, `stopping`).
@@ -498,6 +519,12 @@ fn config(o: &ShareOptions) -> Result<PipelineConfig> {
                 ..castline::cadence::CadenceConfig::default()
             }),
         vfr_recordings: o.vfr.unwrap_or(false),
+        health: castline::health::HealthConfig {
+            window: Duration::from_secs_f64(o.health_window_s.unwrap_or(30.0).clamp(1.0, 3600.0)),
+            max_failures: o.health_max_failures.unwrap_or(3).max(1),
+            stop_on_unstable: o.stop_on_unstable.unwrap_or(false),
+            ..castline::health::HealthConfig::default()
+        },
         ..PipelineConfig::default()
     })
 }
@@ -538,6 +565,21 @@ fn stats_of(s: &StatsSnapshot) -> Stats {
             })
             .collect(),
         adaptation: adaptation_of(&s.adaptation),
+        health: s
+            .health
+            .iter()
+            .map(|h| StageHealth {
+                stage: h.stage.clone(),
+                state: match h.state {
+                    castline::health::HealthState::Ok => "ok",
+                    castline::health::HealthState::Degraded => "degraded",
+                    castline::health::HealthState::Failing => "failing",
+                }
+                .into(),
+                failures: h.failures as u32,
+                last_reason: h.last_reason.clone(),
+            })
+            .collect(),
         json: castline_json(s),
     }
 }
@@ -799,8 +841,21 @@ impl NativeSession {
                 let engine_stop = pipeline.stop_handle();
                 let mut last = Instant::now();
                 let mut reported = std::collections::HashSet::new();
+                // Health verdicts as events, detail: the verdict as JSON.
+                let health_events = |pipeline: &Pipeline| {
+                    for e in pipeline.take_health_events() {
+                        on_event.call(
+                            EngineEvent {
+                                name: e.name().into(),
+                                detail: Some(e.to_json()),
+                            },
+                            ThreadsafeFunctionCallMode::NonBlocking,
+                        );
+                    }
+                };
                 while !pipeline.is_finished() {
                     std::thread::sleep(Duration::from_millis(20));
+                    health_events(&pipeline);
                     if stop2.load(Ordering::SeqCst) {
                         engine_stop.store(true, Ordering::SeqCst);
                     }
@@ -829,6 +884,7 @@ impl NativeSession {
                         on_stats.call(stats_of(&s), ThreadsafeFunctionCallMode::NonBlocking);
                     }
                 }
+                health_events(&pipeline);
                 on_event.call(
                     EngineEvent {
                         name: "stopping".into(),

@@ -165,6 +165,16 @@ struct PipelineArgs {
     /// Recordings take a variable frame rate (zero-hertz applies to them too); default: constant.
     #[arg(long)]
     vfr: bool,
+    /// Stop cleanly (recordings finalized, exit status 4) when the health verdict recommends a
+    /// fallback: capture or encode unstable or gone, or every output failing.
+    #[arg(long)]
+    stop_on_unstable: bool,
+    /// Rolling window of the health verdicts, seconds.
+    #[arg(long, default_value_t = 30.0)]
+    health_window: f64,
+    /// Failures (reconnects, restarts, lost sources) in the window that make a stage unstable.
+    #[arg(long, default_value_t = 3)]
+    health_max_failures: u32,
     /// Per-second statistics on stderr: text (progress line), json (one object per line) or off.
     #[arg(long, value_enum, default_value_t = StatsMode::Text)]
     stats: StatsMode,
@@ -769,6 +779,12 @@ fn run_pipeline(primary: OutputSpec, a: PipelineArgs) -> Result<(), Failure> {
             ..castline::cadence::CadenceConfig::default()
         }),
         vfr_recordings: a.vfr,
+        health: castline::health::HealthConfig {
+            window: Duration::from_secs_f64(a.health_window.clamp(1.0, 3600.0)),
+            max_failures: a.health_max_failures.max(1),
+            stop_on_unstable: a.stop_on_unstable,
+            ..castline::health::HealthConfig::default()
+        },
         ..PipelineConfig::default()
     };
     let pipeline = Pipeline::start(cfg).map_err(|e| match e {
@@ -792,8 +808,15 @@ fn run_pipeline(primary: OutputSpec, a: PipelineArgs) -> Result<(), Failure> {
 
     let tty = std::io::stderr().is_terminal();
     let mut last = Instant::now();
+    let mut fallback = None;
     while !pipeline.is_finished() {
         std::thread::sleep(Duration::from_millis(50));
+        // The verdicts are logged as they come; the CLI only remembers a fallback.
+        for e in pipeline.take_health_events() {
+            if let castline::health::HealthEvent::FallbackRecommended { stage, reason } = e {
+                fallback = Some(format!("{stage}: {reason}"));
+            }
+        }
         if last.elapsed() >= Duration::from_secs(1) {
             last = Instant::now();
             print_stats(a.stats, tty, &pipeline.sample_stats());
@@ -829,6 +852,12 @@ fn run_pipeline(primary: OutputSpec, a: PipelineArgs) -> Result<(), Failure> {
     if let Some(Err(e)) = summary.outputs.first() {
         // The primary output failed while others carried on: the run still failed.
         return Err(Failure::from(e));
+    }
+    if let Some(why) = fallback.filter(|_| a.stop_on_unstable) {
+        return Err(Failure {
+            code: 4,
+            message: format!("stopped on an unstable run ({why})"),
+        });
     }
     Ok(())
 }

@@ -15,6 +15,8 @@
 //!   feedback and time in, decisions out.
 //! - [`cadence`]: zero-hertz screen sharing as policy only — which captured frames an encode
 //!   tier encodes when no output needs a constant frame rate.
+//! - [`health`]: a verdict on a run going badly, as policy only — rolling-window failure
+//!   counts and sustained drops per stage in, `unstable` / `fallback_recommended` out.
 //! - [`pipeline`]: the threads and queues that join the stages, the encode tiers, live
 //!   control, and stats.
 //!
@@ -91,6 +93,7 @@ pub mod capture;
 pub mod convert;
 pub mod encode;
 pub mod error;
+pub mod health;
 pub mod mix;
 pub mod output;
 pub mod pipeline;

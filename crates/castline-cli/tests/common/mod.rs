@@ -114,6 +114,12 @@ impl Xvfb {
         (Proc(p), id)
     }
 
+    /// Kill the X server (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self._proc.0.kill();
+        let _ = self._proc.0.wait();
+    }
+
     pub fn castline(&self) -> Command {
         let mut c = Command::new(CASTLINE);
         c.env("DISPLAY", &self.display);
@@ -154,6 +160,7 @@ pub fn tmpdir(name: &str) -> PathBuf {
 }
 
 /// ffprobe's view of the first video stream and the format, with decoded frame count.
+#[derive(Debug)]
 pub struct Probe {
     pub codec: String,
     pub profile: String,
@@ -608,6 +615,12 @@ impl Pulse {
         p.mic_module = out.trim().parse().expect("module index");
         p.pactl(&["set-default-source", "micsink.monitor"]);
         p
+    }
+
+    /// Kill the sound server (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self._proc.0.kill();
+        let _ = self._proc.0.wait();
     }
 
     /// Point a command at this server.

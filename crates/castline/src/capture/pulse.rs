@@ -638,6 +638,7 @@ fn run_input(
     let mut lost = false;
     let report_lost = |reason: &str, lost: &mut bool| {
         if !std::mem::replace(lost, true) {
+            input.lost.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(source = %input.name, reason, "audio_source_lost");
         }
     };

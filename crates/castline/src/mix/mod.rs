@@ -199,6 +199,8 @@ pub struct AudioInput {
     pub name: String,
     pub gain: f32,
     lanes: Mutex<Vec<Arc<Lane>>>,
+    /// Times the input was lost (sound server gone, device removed) so far.
+    pub lost: AtomicU64,
 }
 
 impl AudioInput {
@@ -207,6 +209,7 @@ impl AudioInput {
             name: name.into(),
             gain,
             lanes: Mutex::new(Vec::new()),
+            lost: AtomicU64::new(0),
         })
     }
 

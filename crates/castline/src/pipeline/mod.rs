@@ -10,6 +10,7 @@
 
 pub mod clock;
 pub mod control;
+mod health_watch;
 pub mod queue;
 mod sink_feedback;
 pub mod stats;
@@ -35,11 +36,13 @@ use crate::encode::{
     VideoStreamInfo,
 };
 use crate::error::{Error, Result};
+use crate::health::{HealthConfig, HealthEvent};
 use crate::mix::{self, Mixer};
 use crate::output::{self, Output, OutputSpec, OutputSummary, RtmpOptions, Written};
 use clock::MediaClock;
 pub use control::{Control, OutputId};
 use control::{LiveSettings, OutputSet, Shared, StreamInfos};
+use health_watch::HealthWatch;
 use queue::{FrameQueue, PacketQueue, Pop, PushOutcome};
 use sink_feedback::SinkFeedback;
 use stats::{
@@ -99,6 +102,8 @@ pub struct PipelineConfig {
     /// Recordings take a variable frame rate too (then zero-hertz applies to them); by default
     /// they keep a constant one, which video editors handle best.
     pub vfr_recordings: bool,
+    /// Thresholds of the health verdicts, and whether a recommended fallback stops the run.
+    pub health: HealthConfig,
 }
 
 impl Default for PipelineConfig {
@@ -118,6 +123,7 @@ impl Default for PipelineConfig {
             adapt: AdaptConfig::default(),
             zero_hertz: Some(CadenceConfig::default()),
             vfr_recordings: false,
+            health: HealthConfig::default(),
         }
     }
 }
@@ -147,6 +153,9 @@ pub struct Pipeline {
     encode: Option<JoinHandle<std::result::Result<(), Error>>>,
     audio: Option<JoinHandle<std::result::Result<(), Error>>>,
     endpoints: Vec<String>,
+    health: HealthWatch,
+    health_done: Arc<AtomicBool>,
+    health_thread: Option<JoinHandle<()>>,
 }
 
 impl Pipeline {
@@ -241,9 +250,9 @@ impl Pipeline {
                 counters: ac.clone(),
                 inputs: audio_inputs.iter().map(|i| i.input.clone()).collect(),
             });
-            let (sh, end) = (shared.clone(), end_us.clone());
+            let (sh, end, pc) = (shared.clone(), end_us.clone(), counters.clone());
             Some(spawn("castline-audio", move || {
-                run_audio(audio_inputs, audio_encoders, t0, &end, &ac, &sh)
+                run_audio(audio_inputs, audio_encoders, t0, &end, &ac, &pc, &sh)
             })?)
         };
         let adaptation = Arc::new(Mutex::new(AdaptationReport::default()));
@@ -257,7 +266,25 @@ impl Pipeline {
             }
             None => None,
         };
+        let health = HealthWatch::new(
+            shared.clone(),
+            counters.clone(),
+            raw.clone(),
+            audio_stats
+                .as_ref()
+                .map(|a| a.inputs.clone())
+                .unwrap_or_default(),
+        );
+        let health_done = Arc::new(AtomicBool::new(false));
+        let health_thread = Some(
+            health
+                .spawn(health_done.clone())
+                .map_err(|e| Error::Internal(format!("cannot start a thread: {e}")))?,
+        );
         Ok(Self {
+            health,
+            health_done,
+            health_thread,
             shared,
             counters,
             raw,
@@ -323,7 +350,8 @@ impl Pipeline {
     /// Counters since the previous call.
     pub fn sample_stats(&self) -> StatsSnapshot {
         let t = self.shared.clock.now_us() as f64 / 1e6;
-        self.sampler
+        let mut snap = self
+            .sampler
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .sample(
@@ -333,13 +361,23 @@ impl Pipeline {
                 &self.shared.outputs.all(),
                 self.audio_stats.as_ref(),
                 &self.adaptation.lock().unwrap_or_else(|p| p.into_inner()),
-            )
+            );
+        snap.health = self.health.snapshot();
+        snap
+    }
+
+    /// Health verdicts since the previous call, in order (`unstable`, `fallback_recommended`,
+    /// …; see [`crate::health`]). The counters are read a few times a second; this reads them
+    /// once more first, so a verdict on a stage that just ended is not missed.
+    pub fn take_health_events(&self) -> Vec<HealthEvent> {
+        self.health.poll();
+        self.health.take_events()
     }
 
     /// Wait for every thread and report. The first capture or encode error wins; output errors
     /// are reported per output in the summary (and fail the run when every output failed).
     /// Outputs removed while running are not in it (`remove_output` returned theirs).
-    pub fn wait(self) -> Result<RunSummary> {
+    pub fn wait(mut self) -> Result<RunSummary> {
         let join = |h: JoinHandle<std::result::Result<(), Error>>| {
             h.join()
                 .unwrap_or_else(|_| Err(Error::Internal("pipeline thread panicked".into())))
@@ -366,6 +404,12 @@ impl Pipeline {
                 })
             })
             .collect();
+        // The last verdicts (a stage that just ended) are logged before the run reports.
+        self.health_done.store(true, Ordering::SeqCst);
+        if let Some(h) = self.health_thread.take() {
+            let _ = h.join();
+        }
+        self.health.poll();
         capture?;
         encode?;
         audio?;
@@ -686,6 +730,14 @@ fn run_ingest(
                 r.want(tier::MAIN);
             }
         }
+        counters.source_restarts.store(
+            ingest
+                .counters
+                .spawns
+                .load(Ordering::Relaxed)
+                .saturating_sub(1),
+            Ordering::Relaxed,
+        );
         let au = match first.take() {
             Some(au) => au,
             None => match ingest.recv_timeout(Duration::from_millis(200)) {
@@ -725,8 +777,17 @@ fn run_ingest(
             sh.stop.store(true, Ordering::SeqCst);
         }
     }
+    counters.source_restarts.store(
+        ingest
+            .counters
+            .spawns
+            .load(Ordering::Relaxed)
+            .saturating_sub(1),
+        Ordering::Relaxed,
+    );
     if let Err(e) = ingest.finish() {
         tracing::error!(error = %e, "fatal");
+        counters.stage_failed("capture", &e);
         result = Err(e.into());
     }
     ended_at.store(
@@ -822,6 +883,7 @@ fn run_capture(
             Ok(None) => {}
             Err(e) => {
                 tracing::error!(error = %e, "capture_failed");
+                counters.stage_failed("capture", &e);
                 break Err(Error::from(e));
             }
         }
@@ -859,6 +921,7 @@ fn run_audio(
     t0: i64,
     end_us: &AtomicI64,
     counters: &AudioCounters,
+    pipeline: &PipelineCounters,
     sh: &Shared,
 ) -> Result<()> {
     let clock = sh.clock;
@@ -930,6 +993,7 @@ fn run_audio(
     })();
     if let Err(e) = &result {
         tracing::error!(error = %e, "audio_failed");
+        pipeline.stage_failed("audio", e);
     }
     sh.outputs.close_audio();
     drop(inputs);
@@ -1035,6 +1099,7 @@ fn run_encode(
     })();
     if let Err(e) = &result {
         tracing::error!(error = %e, "fatal");
+        counters.stage_failed("encode", e);
         // Let capture stop too; outputs still finalize what they have.
         sh.stop.store(true, Ordering::SeqCst);
         raw.close();

@@ -29,6 +29,20 @@ pub struct PipelineCounters {
     pub keyframes: AtomicU64,
     /// Encode (convert + scale + encode) durations in µs since the last snapshot.
     pub encode_us: Mutex<Vec<u32>>,
+    /// Times the source was restarted (an ffmpeg child that exited) so far.
+    pub source_restarts: AtomicU64,
+    /// Stages (`capture`, `encode`, `audio`) that ended on an error, with it.
+    pub stage_errors: Mutex<Vec<(&'static str, String)>>,
+}
+
+impl PipelineCounters {
+    /// `stage` ended for good on `error` (the health verdict reads it).
+    pub fn stage_failed(&self, stage: &'static str, error: &impl std::fmt::Display) {
+        self.stage_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((stage, error.to_string()));
+    }
 }
 
 /// State of one output, as reported in stats.
@@ -164,6 +178,8 @@ pub struct StatsSnapshot {
     /// Absent when the run has no audio.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audio: Option<AudioSnapshot>,
+    /// Every stage's health verdict (see [`crate::health`]).
+    pub health: Vec<crate::health::StageHealth>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -367,6 +383,7 @@ impl StatsSampler {
             outputs: outs,
             adaptation: adaptation.clone(),
             audio,
+            health: Vec::new(),
         };
         self.last_t = time_s;
         self.last_captured = captured;
