@@ -132,3 +132,97 @@ fn the_sound_server_killed_mid_recording_degrades_audio_and_the_run_goes_on() {
     let p = probe(&file);
     assert!((p.duration - 8.0).abs() < 0.3, "{p:?}");
 }
+
+#[test]
+fn an_rtmp_server_that_black_holes_mid_stream_makes_that_output_unstable_and_nothing_else() {
+    let net = NetPair::create("blackhole");
+    let dir = tmpdir("faults-blackhole");
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;\n\
+             daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             rtmp {{ server {{ listen {NET_B}:1935; access_log off;\n\
+               application live {{ live on; }} }} }}\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let _nginx = Proc(
+        NetPair::cmd(&net.b, "nginx")
+            .arg("-p")
+            .arg(&dir)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nginx"),
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    let file = dir.join("rec.mp4");
+    let log = dir.join("castline.log");
+    let mut castline = Proc(
+        NetPair::cmd(&net.a, CASTLINE)
+            .args(["stream", &format!("rtmp://{NET_B}:1935/live/k")])
+            .arg("-o")
+            .arg(&file)
+            .args([
+                "--source",
+                "testsrc",
+                "--size",
+                "640x360",
+                "--audio",
+                "none",
+                "--keyint",
+                "1",
+                "--duration",
+                "30",
+                "--stats",
+                "json",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    // The server's address now swallows everything (nftables drop, no reset).
+    let nft = |rule: &str| {
+        let s = NetPair::cmd(&net.a, "nft").arg(rule).status().unwrap();
+        assert!(s.success(), "nft {rule}");
+    };
+    nft("add table inet blackhole");
+    nft("add chain inet blackhole out { type filter hook output priority 0 ; }");
+    nft(&format!(
+        "add rule inet blackhole out ip daddr {NET_B} drop"
+    ));
+    wait_proc(&mut castline, Duration::from_secs(60));
+    let log = std::fs::read_to_string(&log).unwrap();
+    let connected = pos(&log, "output_connected");
+    let degraded = pos(&log, "stage_degraded");
+    let unstable = pos(&log, "unstable");
+    assert!(connected < degraded && degraded < unstable, "{log}");
+    assert!(log[degraded..].contains("stage=\"rtmp://"), "{log}");
+    assert!(log[unstable..].contains("stage=\"rtmp://"), "{log}");
+    // The recording is not a reason to give up, and it has every frame.
+    assert!(!log.contains("fallback_recommended"), "{log}");
+    let p = probe(&file);
+    assert!((p.duration - 30.0).abs() < 0.2, "{p:?}");
+    let last = json_stats(&log).pop().unwrap();
+    let health = last["health"].as_array().unwrap().clone();
+    let rec = health
+        .iter()
+        .find(|h| h["stage"].as_str().unwrap().ends_with("rec.mp4"))
+        .unwrap();
+    assert_eq!(rec["state"], "ok", "{health:?}");
+    let rtmp = health
+        .iter()
+        .find(|h| h["stage"].as_str().unwrap().starts_with("rtmp://"))
+        .unwrap();
+    assert_eq!(rtmp["state"], "failing", "{health:?}");
+}

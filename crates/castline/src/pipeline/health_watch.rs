@@ -120,16 +120,21 @@ impl HealthWatch {
         for o in self.shared.outputs.all() {
             let link = lock(&o.link).clone();
             let error = lock(&o.error).clone();
-            let dropped = o.queue.dropped();
+            // Packets evicted from its queue, and those it skipped while its link was down.
+            let dropped = o.queue.dropped() + o.skipped.load(Ordering::Relaxed);
             r.push(StageReading {
                 stage: o.name.clone(),
                 kind: StageKind::Output,
-                failures: link.as_ref().map(|l| l.reconnects as u64).unwrap_or(0),
+                // Links lost: reconnects done, plus one while reconnecting (the sum only grows).
+                failures: link
+                    .as_ref()
+                    .map(|l| l.reconnects as u64 + l.reconnecting as u64)
+                    .unwrap_or(0),
                 failure_reason: link
                     .as_ref()
                     .and_then(|l| l.last_error.as_ref())
                     .map(|e| e.kind.to_string())
-                    .unwrap_or_else(|| "reconnect".into()),
+                    .unwrap_or_else(|| "link_lost".into()),
                 dropped,
                 offered: o.packets.load(Ordering::Relaxed) + dropped,
                 ended: if o.failed.load(Ordering::Relaxed) {

@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""Soak benchmark (issue 19): every output at once for a long run.
+
+    python3 bench/soak.py [SECONDS]     # default 900; after `cargo build --release -p castline-cli`
+
+`castline serve` (testsrc 1280x720@30, system audio from a private PulseAudio daemon playing a
+tone) with `-o soak.mp4` and `-o rtmp://…` to a loopback nginx-rtmp, one Chromium viewer that
+watches throughout and, beside it, viewers that join, decode and leave every few seconds. Every
+30 s: castline's RSS and open descriptors (from /proc). At the end: the recording's video frames
+and audio length against the run's length (ffprobe), and the long-lived viewer's longest gap
+between decoded frames. Prints markdown.
+"""
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# CASTLINE_BIN: another build (e.g. target/debug/castline: same RSS and fd figures, more CPU).
+CASTLINE = os.environ.get("CASTLINE_BIN") or os.path.join(ROOT, "target/release/castline")
+PEER = os.path.join(ROOT, "crates/castline-cli/tests/browser/peer.mjs")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def proc_resources(pid):
+    rss = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) // 1024
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    threads = len(os.listdir(f"/proc/{pid}/task"))
+    return rss, fds, threads
+
+
+def probe(path, select, entries):
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", select, "-count_packets",
+                          "-show_entries", entries, "-of", "json", path],
+                         capture_output=True, text=True).stdout
+    return json.loads(out)["streams"][0]
+
+
+def main():
+    secs = int(sys.argv[1]) if len(sys.argv) > 1 else 900
+    tmp = tempfile.mkdtemp(prefix="castline-soak-")
+    procs = []
+    try:
+        # PulseAudio with a tone on the default sink (its monitor is "system audio").
+        pa = os.path.join(tmp, "pulse")
+        os.makedirs(pa)
+        sock = os.path.join(pa, "native")
+        with open(os.path.join(pa, "default.pa"), "w") as f:
+            f.write(f"load-module module-native-protocol-unix auth-anonymous=1 socket={sock}\n"
+                    "load-module module-null-sink sink_name=speakers\nset-default-sink speakers\n")
+        env = dict(os.environ, PULSE_SERVER=f"unix:{sock}", XDG_RUNTIME_DIR=pa, HOME=pa)
+        procs.append(subprocess.Popen(["pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1",
+                                       "--disallow-exit", "--use-pid-file=no", "-F",
+                                       os.path.join(pa, "default.pa")], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for _ in range(100):
+            if os.path.exists(sock):
+                break
+            time.sleep(0.05)
+        procs.append(subprocess.Popen(["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-f",
+                                       "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-f",
+                                       "pulse", "-device", "speakers", "tone"], env=env,
+                                      stdin=subprocess.DEVNULL))
+        # nginx-rtmp on loopback.
+        rtmp_port = free_port()
+        ng = os.path.join(tmp, "nginx")
+        os.makedirs(ng)
+        with open(os.path.join(ng, "nginx.conf"), "w") as f:
+            f.write("load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;\n"
+                    f"daemon off; master_process off; pid {ng}/nginx.pid; error_log {ng}/error.log;\n"
+                    "events { worker_connections 64; }\n"
+                    f"rtmp {{ server {{ listen 127.0.0.1:{rtmp_port}; access_log off;\n"
+                    "  application live { live on; } } }\n")
+        procs.append(subprocess.Popen(["nginx", "-p", ng, "-e", f"{ng}/error.log", "-c",
+                                       f"{ng}/nginx.conf"]))
+        time.sleep(2)
+        time.sleep(1)
+        rec = os.path.join(tmp, "soak.mp4")
+        port = free_port()
+        log = open(os.path.join(tmp, "castline.log"), "w")
+        cl = subprocess.Popen([CASTLINE, "serve", "--listen", f"127.0.0.1:{port}", "--source",
+                               "testsrc", "--size", "1280x720", "--fps", "30", "--audio", "system",
+                               "-o", rec, "-o", f"rtmp://127.0.0.1:{rtmp_port}/live/soak",
+                               "--stats", "off", "--duration", str(secs)],
+                              env=env, stdout=subprocess.PIPE, stderr=log, text=True)
+        url = None
+        for line in cl.stdout:
+            m = re.match(r"castline: viewer URL (\S+)", line)
+            if m:
+                url = m.group(1)
+                break
+        if not url:
+            raise RuntimeError("castline serve printed no URL")
+        t_start = time.time()
+        watch = secs - 20
+        steady = subprocess.Popen(["node", PEER, json.dumps({"steps": [
+            {"op": "open", "id": "a", "url": url},
+            {"op": "wait_frames", "id": "a", "n": 30, "timeout_ms": 20000},
+            {"op": "monitor", "id": "a", "seconds": watch}]})],
+            stdout=subprocess.PIPE, text=True)
+        procs.append(steady)
+        # Viewers that come and go: open, decode 30 frames, stay 2 s, close; again.
+        rounds = max(1, (secs - 40) // 6)
+        steps = []
+        for i in range(rounds):
+            steps += [{"op": "open", "id": f"b{i}", "url": url, "shared": True},
+                      {"op": "wait_frames", "id": f"b{i}", "n": 30, "timeout_ms": 15000},
+                      {"op": "sleep", "ms": 2000},
+                      {"op": "close", "id": f"b{i}"}]
+        churn = subprocess.Popen(["node", PEER, json.dumps({"steps": steps})],
+                                 stdout=subprocess.PIPE, text=True)
+        procs.append(churn)
+        samples = []
+        while cl.poll() is None:
+            el = time.time() - t_start
+            if not samples or el - samples[-1][0] >= 30:
+                try:
+                    samples.append((round(el), *proc_resources(cl.pid)))
+                except FileNotFoundError:
+                    break
+            time.sleep(1)
+        run_s = time.time() - t_start
+        churn.kill()
+        res = [json.loads(l) for l in churn.stdout.read().splitlines() if l.startswith("{")]
+        joined = sum(1 for r in res if r.get("op") == "wait_frames" and r.get("ok"))
+        tried = sum(1 for r in res if r.get("op") == "wait_frames")
+        out, _ = steady.communicate(timeout=60)
+        mon = next((json.loads(l) for l in out.splitlines()
+                    if l.startswith("{") and json.loads(l).get("op") == "monitor"), None)
+        gap, decoded = 0, 0
+        if mon:
+            s = mon["series"]
+            last_t, last_n = s[0][0], s[0][1]
+            for t, n, _, _ in s:
+                if n != last_n:
+                    gap = max(gap, t - last_t)
+                    last_t, last_n = t, n
+            decoded = s[-1][1] - s[0][1]
+        v = probe(rec, "v:0", "stream=nb_read_packets,duration")
+        a = probe(rec, "a:0", "stream=duration")
+
+        print(f"### Soak, {secs} s: serve + recording + RTMP, viewers joining and leaving\n")
+        print("| t (s) | RSS (MiB) | open fds | threads |")
+        print("|---|---|---|---|")
+        for t, rss, fds, th in samples:
+            print(f"| {t} | {rss} | {fds} | {th} |")
+        print()
+        print(f"- recording: {v['nb_read_packets']} video frames (expected {secs * 30}), video "
+              f"{float(v['duration']):.3f} s, audio {float(a['duration']):.3f} s")
+        print(f"- churning viewers: {joined} of {tried} joined and decoded; the steady viewer "
+              f"decoded {decoded} frames over {watch} s, longest gap {gap} ms")
+        print(f"- castline exited {cl.returncode} after {run_s:.0f} s")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
