@@ -115,6 +115,12 @@ def main():
             {"op": "monitor", "id": "a", "seconds": watch}]})],
             stdout=subprocess.PIPE, text=True)
         procs.append(steady)
+        # Read the viewers' results as they come: Node drops what is left in a full pipe when
+        # it exits (a 15-minute monitor series is far over the pipe's 64 KiB).
+        import threading
+        steady_lines = []
+        reader = threading.Thread(target=lambda: steady_lines.extend(steady.stdout), daemon=True)
+        reader.start()
         # Viewers that come and go: open, decode 30 frames, stay 2 s, close; again.
         rounds = max(1, (secs - 40) // 6)
         steps = []
@@ -140,9 +146,16 @@ def main():
         res = [json.loads(l) for l in churn.stdout.read().splitlines() if l.startswith("{")]
         joined = sum(1 for r in res if r.get("op") == "wait_frames" and r.get("ok"))
         tried = sum(1 for r in res if r.get("op") == "wait_frames")
-        out, _ = steady.communicate(timeout=60)
-        mon = next((json.loads(l) for l in out.splitlines()
-                    if l.startswith("{") and json.loads(l).get("op") == "monitor"), None)
+        steady.wait(timeout=60)
+        reader.join(timeout=10)
+        mon = None
+        for l in steady_lines:
+            try:
+                r = json.loads(l)
+            except ValueError:
+                continue
+            if r.get("op") == "monitor":
+                mon = r
         gap, decoded = 0, 0
         if mon:
             s = mon["series"]
