@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -117,7 +118,6 @@ def main():
         procs.append(steady)
         # Read the viewers' results as they come: Node drops what is left in a full pipe when
         # it exits (a 15-minute monitor series is far over the pipe's 64 KiB).
-        import threading
         steady_lines = []
         reader = threading.Thread(target=lambda: steady_lines.extend(steady.stdout), daemon=True)
         reader.start()
@@ -132,6 +132,9 @@ def main():
         churn = subprocess.Popen(["node", PEER, json.dumps({"steps": steps})],
                                  stdout=subprocess.PIPE, text=True)
         procs.append(churn)
+        churn_lines = []
+        churn_reader = threading.Thread(target=lambda: churn_lines.extend(churn.stdout), daemon=True)
+        churn_reader.start()
         samples = []
         while cl.poll() is None:
             el = time.time() - t_start
@@ -143,7 +146,8 @@ def main():
             time.sleep(1)
         run_s = time.time() - t_start
         churn.kill()
-        res = [json.loads(l) for l in churn.stdout.read().splitlines() if l.startswith("{")]
+        churn_reader.join(timeout=10)
+        res = [json.loads(l) for l in churn_lines if l.startswith("{")]
         joined = sum(1 for r in res if r.get("op") == "wait_frames" and r.get("ok"))
         tried = sum(1 for r in res if r.get("op") == "wait_frames")
         steady.wait(timeout=60)
