@@ -321,33 +321,7 @@ fn rtmp_bitrate_follows_a_capped_link() {
     let net = NetPair::create("rtmp");
     let dir = tmpdir("adapt-rtmp");
     // nginx-rtmp on the far side of the link.
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;\n\
-             daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
-             events {{ worker_connections 64; }}\n\
-             rtmp {{ server {{ listen {NET_B}:1935; access_log off;\n\
-               application live {{ live on; }} }} }}\n",
-            d = dir.display()
-        ),
-    )
-    .unwrap();
-    let _nginx = Proc(
-        NetPair::cmd(&net.b, "nginx")
-            .arg("-p")
-            .arg(&dir)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx"),
-    );
-    std::thread::sleep(Duration::from_millis(800));
+    let _nginx = net.nginx_rtmp(&dir);
     let pulse = Pulse::start("adapt-rtmp");
     let _tone = pulse.tone(440, "toneA", "speakers");
     let url = format!("rtmp://{NET_B}:1935/live/k");

@@ -137,33 +137,7 @@ fn the_sound_server_killed_mid_recording_degrades_audio_and_the_run_goes_on() {
 fn an_rtmp_server_that_black_holes_mid_stream_makes_that_output_unstable_and_nothing_else() {
     let net = NetPair::create("blackhole");
     let dir = tmpdir("faults-blackhole");
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;\n\
-             daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
-             events {{ worker_connections 64; }}\n\
-             rtmp {{ server {{ listen {NET_B}:1935; access_log off;\n\
-               application live {{ live on; }} }} }}\n",
-            d = dir.display()
-        ),
-    )
-    .unwrap();
-    let _nginx = Proc(
-        NetPair::cmd(&net.b, "nginx")
-            .arg("-p")
-            .arg(&dir)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .arg("-c")
-            .arg(&conf)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("nginx"),
-    );
-    std::thread::sleep(Duration::from_millis(800));
+    let _nginx = net.nginx_rtmp(&dir);
     let file = dir.join("rec.mp4");
     let log = dir.join("castline.log");
     let mut castline = Proc(

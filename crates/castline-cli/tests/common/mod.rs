@@ -978,6 +978,39 @@ impl NetPair {
         ]);
     }
 
+    /// nginx-rtmp listening on NET_B:1935 in namespace B (application `live`), its files in
+    /// `dir`; ready when this returns.
+    pub fn nginx_rtmp(&self, dir: &Path) -> Proc {
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;\n\
+                 daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+                 events {{ worker_connections 64; }}\n\
+                 rtmp {{ server {{ listen {NET_B}:1935; access_log off;\n\
+                   application live {{ live on; }} }} }}\n",
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        let p = Proc(
+            NetPair::cmd(&self.b, "nginx")
+                .arg("-p")
+                .arg(dir)
+                .arg("-e")
+                .arg(dir.join("error.log"))
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nginx"),
+        );
+        std::thread::sleep(Duration::from_millis(800));
+        p
+    }
+
     pub fn uncap(&self) {
         ip(&["-n", &self.a, "qdisc", "del", "dev", "va", "root"]);
     }

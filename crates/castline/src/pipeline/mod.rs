@@ -705,6 +705,14 @@ impl Fanout {
     }
 }
 
+/// The ffmpeg child's restarts so far, for the health verdict (every spawn after the first).
+fn note_restarts(ingest: &FfmpegIngest, counters: &PipelineCounters) {
+    let spawns = ingest.counters.spawns.load(Ordering::Relaxed);
+    counters
+        .source_restarts
+        .store(spawns.saturating_sub(1), Ordering::Relaxed);
+}
+
 /// Pass-through video: access units from the ffmpeg child go to the outputs as they are,
 /// stamped with their arrival time on the pipeline clock. Keyframe requests cannot be honoured
 /// (the child's GOP is fixed by --keyint); they are counted and logged once.
@@ -730,14 +738,7 @@ fn run_ingest(
                 r.want(tier::MAIN);
             }
         }
-        counters.source_restarts.store(
-            ingest
-                .counters
-                .spawns
-                .load(Ordering::Relaxed)
-                .saturating_sub(1),
-            Ordering::Relaxed,
-        );
+        note_restarts(&ingest, counters);
         let au = match first.take() {
             Some(au) => au,
             None => match ingest.recv_timeout(Duration::from_millis(200)) {
@@ -777,14 +778,7 @@ fn run_ingest(
             sh.stop.store(true, Ordering::SeqCst);
         }
     }
-    counters.source_restarts.store(
-        ingest
-            .counters
-            .spawns
-            .load(Ordering::Relaxed)
-            .saturating_sub(1),
-        Ordering::Relaxed,
-    );
+    note_restarts(&ingest, counters);
     if let Err(e) = ingest.finish() {
         tracing::error!(error = %e, "fatal");
         counters.stage_failed("capture", &e);
