@@ -25,6 +25,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # CASTLINE_BIN: another build (e.g. target/debug/castline: same RSS and fd figures, more CPU).
 CASTLINE = os.environ.get("CASTLINE_BIN") or os.path.join(ROOT, "target/release/castline")
 PEER = os.path.join(ROOT, "crates/castline-cli/tests/browser/peer.mjs")
+# The viewers (Node + headless Chromium, two browsers decoding on the same 2 cores) run at a
+# lower priority: the figures are castline's, and an app's viewers are on other machines.
+# SOAK_VIEWER_NICE=0 puts them on an equal footing.
+# x264 preset: veryfast is castline's default; SOAK_PRESET=ultrafast leaves the 2 cores room for
+# the two browsers, so the CPU ladder (issue 13) does not halve the frame rate.
+PRESET = os.environ.get("SOAK_PRESET", "veryfast")
+VIEWER = ["nice", "-n", os.environ.get("SOAK_VIEWER_NICE", "10"), "node"]
 
 
 def free_port():
@@ -51,6 +58,54 @@ def probe(path, select, entries):
                           "-show_entries", entries, "-of", "json", path],
                          capture_output=True, text=True).stdout
     return json.loads(out)["streams"][0]
+
+
+def ladder_frames(log_path, duration):
+    """The main tier's frame-rate changes (`degraded`/`recovered` lines, seconds from the first
+    log line) and the frames a recording at those rates holds."""
+    stamp = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:(\d\d(?:\.\d+)?))")
+    t0, changes = None, []
+    with open(log_path) as f:
+        for line in f:
+            m = stamp.match(line)
+            if not m:
+                continue
+            hh, mm = line[11:13], line[14:16]
+            t = int(hh) * 3600 + int(mm) * 60 + float(m.group(2))
+            if t0 is None:
+                t0 = t
+            if ("degraded" in line or "recovered" in line) and re.search(r'tier="?main', line):
+                fps = re.search(r"\bfps=(\d+)", line)
+                why = re.search(r'reason="?(\w+)', line)
+                if fps:
+                    changes.append((t - t0, int(fps.group(1)), why.group(1) if why else "?"))
+    frames, at, fps = 0.0, 0.0, 30
+    for t, new_fps, _ in changes:
+        frames += (min(t, duration) - at) * fps
+        at, fps = min(t, duration), new_fps
+    frames += (duration - at) * fps
+    return changes, frames
+
+
+def last_stats(log_path):
+    """The last `--stats json` line castline wrote (its stderr is the log)."""
+    last = None
+    with open(log_path) as f:
+        for line in f:
+            if line.startswith("{"):
+                try:
+                    last = json.loads(line)
+                except ValueError:
+                    pass
+    return last
+
+
+def longest_frame_gap(path):
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+                          "packet=pts_time", "-of", "csv=p=0", path],
+                         capture_output=True, text=True).stdout.split()
+    pts = sorted(float(x) for x in out if x.strip() and x != "N/A")
+    return max(((b - a, a) for a, b in zip(pts, pts[1:])), default=(0.0, 0.0))
 
 
 def main():
@@ -96,9 +151,10 @@ def main():
         port = free_port()
         log = open(os.path.join(tmp, "castline.log"), "w")
         cl = subprocess.Popen([CASTLINE, "serve", "--listen", f"127.0.0.1:{port}", "--source",
-                               "testsrc", "--size", "1280x720", "--fps", "30", "--audio", "system",
+                               "testsrc", "--size", "1280x720", "--fps", "30",
+                               "--preset", PRESET, "--audio", "system",
                                "-o", rec, "-o", f"rtmp://127.0.0.1:{rtmp_port}/live/soak",
-                               "--stats", "off", "--duration", str(secs)],
+                               "--stats", "json", "--duration", str(secs)],
                               env=env, stdout=subprocess.PIPE, stderr=log, text=True)
         url = None
         for line in cl.stdout:
@@ -110,7 +166,7 @@ def main():
             raise RuntimeError("castline serve printed no URL")
         t_start = time.time()
         watch = secs - 20
-        steady = subprocess.Popen(["node", PEER, json.dumps({"steps": [
+        steady = subprocess.Popen(VIEWER + [PEER, json.dumps({"steps": [
             {"op": "open", "id": "a", "url": url},
             {"op": "wait_frames", "id": "a", "n": 30, "timeout_ms": 20000},
             {"op": "monitor", "id": "a", "seconds": watch}]})],
@@ -129,7 +185,7 @@ def main():
                       {"op": "wait_frames", "id": f"b{i}", "n": 30, "timeout_ms": 15000},
                       {"op": "sleep", "ms": 2000},
                       {"op": "close", "id": f"b{i}"}]
-        churn = subprocess.Popen(["node", PEER, json.dumps({"steps": steps})],
+        churn = subprocess.Popen(VIEWER + [PEER, json.dumps({"steps": steps})],
                                  stdout=subprocess.PIPE, text=True)
         procs.append(churn)
         churn_lines = []
@@ -171,15 +227,32 @@ def main():
             decoded = s[-1][1] - s[0][1]
         v = probe(rec, "v:0", "stream=nb_read_packets,duration")
         a = probe(rec, "a:0", "stream=duration")
+        log.close()
+        changes, expected = ladder_frames(os.path.join(tmp, "castline.log"), float(v["duration"]))
+        rec_gap = longest_frame_gap(rec)
+        last = last_stats(os.path.join(tmp, "castline.log"))
 
-        print(f"### Soak, {secs} s: serve + recording + RTMP, viewers joining and leaving\n")
+        print(f"### Soak, {secs} s: serve + recording + RTMP, viewers joining and leaving "
+              f"(x264 {PRESET})\n")
         print("| t (s) | RSS (MiB) | open fds | threads |")
         print("|---|---|---|---|")
         for t, rss, fds, th in samples:
             print(f"| {t} | {rss} | {fds} | {th} |")
         print()
-        print(f"- recording: {v['nb_read_packets']} video frames (expected {secs * 30}), video "
-              f"{float(v['duration']):.3f} s, audio {float(a['duration']):.3f} s")
+        print(f"- recording: {v['nb_read_packets']} video frames, video "
+              f"{float(v['duration']):.3f} s, audio {float(a['duration']):.3f} s; "
+              f"{secs * 30} frames at a constant 30 fps, {expected:.0f} at the frame rates the "
+              f"main tier's ladder set ({len(changes)} changes: "
+              f"{', '.join(f'{t:.0f} s → {fps} fps ({why})' for t, fps, why in changes[:8])}"
+              f"{' …' if len(changes) > 8 else ''}); longest gap between recorded frames "
+              f"{rec_gap[0] * 1000:.0f} ms (at {rec_gap[1]:.1f} s)")
+        if last:
+            d = last["drops"]
+            rec_out = next((o for o in last["outputs"] if o["name"].endswith("soak.mp4")), {})
+            print(f"- castline's own count (last stats line): {last['frames_captured']} frames "
+                  f"captured, {d['capture']} capture ticks missed, {d['encode_queue']} raw frames "
+                  f"evicted before the encoder, {rec_out.get('dropped', '?')} packets dropped "
+                  f"before the recording")
         print(f"- churning viewers: {joined} of {tried} joined and decoded; the steady viewer "
               f"decoded {decoded} frames over {watch} s, longest gap {gap} ms")
         print(f"- castline exited {cl.returncode} after {run_s:.0f} s")
@@ -187,7 +260,10 @@ def main():
         for p in procs:
             if p.poll() is None:
                 p.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if os.environ.get("SOAK_KEEP"):
+            print(f"(kept {tmp})", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

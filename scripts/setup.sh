@@ -17,6 +17,8 @@ PKGS=(
   # benchmark: the tools users run today, and /usr/bin/time for CPU and RSS
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad gstreamer1.0-x time
+  # benchmark: libx264 through its C API (bench/x264_mbinfo.c)
+  libx264-dev
 )
 
 SUDO=""

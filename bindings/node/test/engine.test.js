@@ -309,7 +309,7 @@ test('startScreenShare({ serverUrl, token }) publishes a screen share into a Liv
   async () => {
     const lk = await startLiveKit();
     // Moving content on the shared screen (a still one would be zero-hertz: keep-alives only).
-    const testkit = path.join(__dirname, '../../../target/debug/castline-testkit');
+    const { testkit } = require('./fixtures.js');
     const content = fs.existsSync(testkit)
       ? spawn(testkit, ['content', '--fps', '30'], { stdio: 'ignore', env: process.env }) : null;
     await sleep(1500);

@@ -6,7 +6,10 @@ const path = require('node:path');
 const engine = require('..');
 
 const root = path.join(__dirname, '../../..');
-const testkit = path.join(root, 'target/debug/castline-testkit');
+// scripts/test.sh builds for an explicit target triple (CARGO_BUILD_TARGET), which puts the
+// binaries under target/<triple>/.
+const triple = process.env.CARGO_BUILD_TARGET;
+const testkit = path.join(root, 'target', triple || '', 'debug/castline-testkit');
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** Xvfb 1280x720 on a display derived from `base` and the pid, with testkit `content` on it;
