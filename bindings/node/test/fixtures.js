@@ -15,8 +15,10 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 /** Xvfb 1280x720 on a display derived from `base` and the pid, with testkit `content` on it;
  * sets $DISPLAY; the processes are pushed onto `children` (kill them after the tests). */
 async function movingScreen(base, children) {
-  // Built by the Rust suite; built here when a file runs alone.
-  execFileSync('cargo', ['build', '-q', '-p', 'castline-cli', '--bin', 'castline-testkit'],
+  // Built by the Rust suite (a no-op then); built here when a file runs alone. The suite's own
+  // command, so that cargo resolves the same features and reuses what the suite built (a
+  // `cargo build -p castline-cli` would rebuild much of the dependency tree).
+  execFileSync('cargo', ['test', '-q', '--workspace', '--all-targets', '--no-run'],
     { cwd: root, stdio: 'inherit' });
   const display = ':' + (base + (process.pid % 200));
   children.push(spawn('Xvfb', [display, '-screen', '0', '1280x720x24', '-nolisten', 'tcp'],
