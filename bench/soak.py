@@ -231,6 +231,8 @@ def main():
         changes, expected = ladder_frames(os.path.join(tmp, "castline.log"), float(v["duration"]))
         rec_gap = longest_frame_gap(rec)
         last = last_stats(os.path.join(tmp, "castline.log"))
+        with open(os.path.join(tmp, "castline.log")) as f:
+            tier_starts = sum(1 for line in f if "tier_started" in line)
 
         print(f"### Soak, {secs} s: serve + recording + RTMP, viewers joining and leaving "
               f"(x264 {PRESET})\n")
@@ -252,7 +254,7 @@ def main():
             print(f"- castline's own count (last stats line): {last['frames_captured']} frames "
                   f"captured, {d['capture']} capture ticks missed, {d['encode_queue']} raw frames "
                   f"evicted before the encoder, {rec_out.get('dropped', '?')} packets dropped "
-                  f"before the recording")
+                  f"before the recording; {tier_starts} tier starts (`tier_started`)")
         print(f"- churning viewers: {joined} of {tried} joined and decoded; the steady viewer "
               f"decoded {decoded} frames over {watch} s, longest gap {gap} ms")
         print(f"- castline exited {cl.returncode} after {run_s:.0f} s")
