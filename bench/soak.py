@@ -60,25 +60,23 @@ def probe(path, select, entries):
     return json.loads(out)["streams"][0]
 
 
-def ladder_frames(log_path, duration):
+def ladder_frames(log_lines, duration):
     """The main tier's frame-rate changes (`degraded`/`recovered` lines, seconds from the first
     log line) and the frames a recording at those rates holds."""
-    stamp = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:(\d\d(?:\.\d+)?))")
+    stamp = re.compile(r"^\d{4}-\d\d-\d\dT(\d\d):(\d\d):(\d\d(?:\.\d+)?)")
     t0, changes = None, []
-    with open(log_path) as f:
-        for line in f:
-            m = stamp.match(line)
-            if not m:
-                continue
-            hh, mm = line[11:13], line[14:16]
-            t = int(hh) * 3600 + int(mm) * 60 + float(m.group(2))
-            if t0 is None:
-                t0 = t
-            if ("degraded" in line or "recovered" in line) and re.search(r'tier="?main', line):
-                fps = re.search(r"\bfps=(\d+)", line)
-                why = re.search(r'reason="?(\w+)', line)
-                if fps:
-                    changes.append((t - t0, int(fps.group(1)), why.group(1) if why else "?"))
+    for line in log_lines:
+        m = stamp.match(line)
+        if not m:
+            continue
+        t = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+        if t0 is None:
+            t0 = t
+        if ("degraded" in line or "recovered" in line) and re.search(r'tier="?main', line):
+            fps = re.search(r"\bfps=(\d+)", line)
+            why = re.search(r'reason="?(\w+)', line)
+            if fps:
+                changes.append((t - t0, int(fps.group(1)), why.group(1) if why else "?"))
     frames, at, fps = 0.0, 0.0, 30
     for t, new_fps, _ in changes:
         frames += (min(t, duration) - at) * fps
@@ -87,17 +85,15 @@ def ladder_frames(log_path, duration):
     return changes, frames
 
 
-def last_stats(log_path):
+def last_stats(log_lines):
     """The last `--stats json` line castline wrote (its stderr is the log)."""
-    last = None
-    with open(log_path) as f:
-        for line in f:
-            if line.startswith("{"):
-                try:
-                    last = json.loads(line)
-                except ValueError:
-                    pass
-    return last
+    for line in reversed(log_lines):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                pass
+    return None
 
 
 def longest_frame_gap(path):
@@ -228,11 +224,12 @@ def main():
         v = probe(rec, "v:0", "stream=nb_read_packets,duration")
         a = probe(rec, "a:0", "stream=duration")
         log.close()
-        changes, expected = ladder_frames(os.path.join(tmp, "castline.log"), float(v["duration"]))
-        rec_gap = longest_frame_gap(rec)
-        last = last_stats(os.path.join(tmp, "castline.log"))
         with open(os.path.join(tmp, "castline.log")) as f:
-            tier_starts = sum(1 for line in f if "tier_started" in line)
+            log_lines = f.readlines()
+        changes, expected = ladder_frames(log_lines, float(v["duration"]))
+        rec_gap = longest_frame_gap(rec)
+        last = last_stats(log_lines)
+        tier_starts = sum(1 for line in log_lines if "tier_started" in line)
 
         print(f"### Soak, {secs} s: serve + recording + RTMP, viewers joining and leaving "
               f"(x264 {PRESET})\n")

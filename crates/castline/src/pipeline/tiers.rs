@@ -472,11 +472,12 @@ impl Tiers {
         };
         let (w, h) = rec.size();
         tracing::info!(tier = "main", width = w, height = h, "tier_resized");
-        tier_stopped("record");
         rec.layer = MAIN;
         // Live outputs were on another stream: they start this one at a keyframe.
         rec.keyframe_pending = true;
+        // Replacing the main tier drops its old encoder: trim after that, not before.
         self.main = rec;
+        tier_stopped("record");
         self.moved_recordings = Some(MAIN);
         self.opening = None;
         self.reset_ladders();
